@@ -1,0 +1,120 @@
+"""Topic names (SPEC §2, under the configured prefix) and creating them on start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from router.settings import Settings, bootstrap_servers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Topics:
+    touchpoints: str
+    profiles: str
+    reps: str
+    accounts: str
+    activity: str
+    transitions: str
+    assignments: str
+    sla: str
+    deadletter: str
+
+    @classmethod
+    def with_prefix(cls, prefix: str = "") -> Topics:
+        return cls(
+            touchpoints=f"{prefix}leads.touchpoints",
+            profiles=f"{prefix}leads.profiles",
+            reps=f"{prefix}routing.reps",
+            accounts=f"{prefix}routing.accounts",
+            activity=f"{prefix}sales.activity",
+            transitions=f"{prefix}leads.transitions",
+            assignments=f"{prefix}leads.assignments",
+            sla=f"{prefix}leads.sla",
+            deadletter=f"{prefix}leads.deadletter",
+        )
+
+    @property
+    def compacted(self) -> frozenset[str]:
+        return frozenset({self.reps, self.accounts})
+
+    def all(self) -> list[str]:
+        return [
+            self.touchpoints,
+            self.profiles,
+            self.reps,
+            self.accounts,
+            self.activity,
+            self.transitions,
+            self.assignments,
+            self.sla,
+            self.deadletter,
+        ]
+
+
+class BrokerUnreachable(RuntimeError):
+    """No broker answered at the configured URL within the wait."""
+
+
+async def _admin(settings: Settings) -> AIOKafkaAdminClient:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(settings.broker), request_timeout_ms=10_000
+    )
+    await admin.start()
+    return admin
+
+
+async def connect_admin(settings: Settings) -> AIOKafkaAdminClient:
+    """Connect, retrying until `broker_wait_seconds`; the error names the URL that was tried."""
+    deadline = time.monotonic() + settings.broker_wait_seconds
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await _admin(settings)
+        except (KafkaConnectionError, KafkaError, OSError) as exc:
+            if time.monotonic() >= deadline:
+                raise BrokerUnreachable(
+                    f"cannot reach the Kafka broker at {settings.broker}"
+                    f" (bootstrap {', '.join(bootstrap_servers(settings.broker))}) after"
+                    f" {settings.broker_wait_seconds:.0f} s and {attempt} attempts: {exc}."
+                    " Start it (`leadrouter broker`) or set LEADROUTER_BROKER / --broker."
+                ) from None
+            log.warning(
+                "broker not reachable yet, retrying",
+                extra={"broker": settings.broker, "attempt": attempt, "error": str(exc)},
+            )
+            await asyncio.sleep(min(2.0, 0.2 * attempt))
+
+
+async def ensure_topics(settings: Settings, topics: Topics) -> list[str]:
+    """Create the SPEC topics that do not exist yet; returns the names created."""
+    admin = await connect_admin(settings)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics.all() if t not in existing]
+        if not missing:
+            return []
+        new = [
+            NewTopic(
+                name=name,
+                num_partitions=settings.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if name in topics.compacted else {},
+            )
+            for name in missing
+        ]
+        try:
+            await admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            pass  # another worker created them at the same moment
+        return missing
+    finally:
+        await admin.close()

@@ -1,0 +1,149 @@
+"""`leadrouter` command line: broker, worker, demo, rules check, schemas export, bench."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from router import __version__
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from router.adapters.embedded_broker import BrokerError, EmbeddedBroker
+
+    broker = EmbeddedBroker(host=args.host, port=args.port)
+    try:
+        broker.start()
+    except BrokerError as exc:
+        print(f"leadrouter broker: {exc}", file=sys.stderr)
+        return 2
+    print(f"embedded broker (Tansu, in memory) listening on {broker.url}", flush=True)
+    print("set LEADROUTER_BROKER=" + broker.url + " LEADROUTER_BROKER_QUIRKS=tansu", flush=True)
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stopping:
+            if broker.process is None or broker.process.poll() is not None:
+                print("leadrouter broker: the broker process exited", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+    finally:
+        broker.stop()
+        print("embedded broker stopped", flush=True)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from router.adapters.topics import BrokerUnreachable
+    from router.domain.rules import RulesError
+    from router.settings import from_args
+    from router.worker.run import run_worker
+
+    try:
+        settings = from_args(args)
+        run_worker(settings)
+    except (RulesError, BrokerUnreachable, ValueError) as exc:
+        print(f"leadrouter worker: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_rules_check(args: argparse.Namespace) -> int:
+    from router.domain.rules import RulesError, load_rules
+
+    try:
+        rules = load_rules(args.file)
+    except RulesError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok (rules_version {rules.version})")
+    return 0
+
+
+def _cmd_schemas_export(args: argparse.Namespace) -> int:
+    from router.schemas import write_schemas
+
+    written = write_schemas(Path(args.out))
+    for path in written:
+        print(path)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from router.demo import run_demo
+
+    return run_demo(duration=args.duration, rate=args.rate, leads=args.leads,
+                    web_port=args.web_port, seed=args.seed)
+
+
+def _cmd_bench_latency(args: argparse.Namespace) -> int:
+    from router.bench_latency import run_latency_bench
+
+    return run_latency_bench(samples=args.samples, rate=args.rate, broker=args.broker)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from router.settings import add_arguments
+
+    parser = argparse.ArgumentParser(prog="leadrouter", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"leadrouter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser("worker", help="run a router worker against a Kafka broker")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("demo", help="broker + worker + synthetic traffic, shown live")
+    p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
+    p.add_argument("--rate", type=float, default=40.0, help="touchpoints per second")
+    p.add_argument("--leads", type=int, default=400, help="distinct synthetic leads")
+    p.add_argument("--web-port", type=int, default=6066)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=_cmd_demo)
+
+    rules = sub.add_parser("rules", help="rules file tools").add_subparsers(
+        dest="rules_command", required=True
+    )
+    p = rules.add_parser("check", help="validate a rules file; errors name line and field")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_rules_check)
+
+    schemas = sub.add_parser("schemas", help="JSON Schemas of the topics").add_subparsers(
+        dest="schemas_command", required=True
+    )
+    p = schemas.add_parser("export", help="write one JSON Schema per event")
+    p.add_argument("--out", default="schemas")
+    p.set_defaults(func=_cmd_schemas_export)
+
+    p = sub.add_parser(
+        "bench-latency",
+        help="touchpoint -> lead.sql latency on one worker (embedded broker unless --broker)",
+    )
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--rate", type=float, default=200.0, help="triggering touchpoints per second")
+    p.add_argument("--broker", default=None, help="existing broker URL (with a running worker)")
+    p.set_defaults(func=_cmd_bench_latency)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""The rules file: one declarative YAML document, validated at start with line-precise errors.
+
+Why YAML: comments for the revenue-ops people who edit it, and PyYAML's node marks give us the
+line of every field, so a bad value is reported as `rules.yaml:17 authority.sql.seniorities[0]`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from router.domain.events import BuyingRole, Seniority
+
+SENIORITY_RANK: dict[Seniority, int] = {
+    Seniority.UNKNOWN: 0,
+    Seniority.IC: 1,
+    Seniority.SENIOR_IC: 2,
+    Seniority.MANAGER: 3,
+    Seniority.DIRECTOR: 4,
+    Seniority.VP: 5,
+    Seniority.C_LEVEL: 6,
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class Windows(_Section):
+    engagement_days: Annotated[int, Field(ge=1, le=365)] = 30
+    pricing_pair_days: Annotated[int, Field(ge=1, le=365)] = 7
+
+    @model_validator(mode="after")
+    def _pair_inside_window(self) -> Windows:
+        if self.pricing_pair_days > self.engagement_days:
+            raise ValueError("pricing_pair_days must not exceed engagement_days")
+        return self
+
+
+class Fit(_Section):
+    employees_min: Annotated[int, Field(ge=0)] = 50
+    employees_max: Annotated[int, Field(ge=0)] = 2000
+    industries: frozenset[str] = frozenset(
+        {"saas", "software", "financial_services", "business_services"}
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Fit:
+        if self.employees_min > self.employees_max:
+            raise ValueError("employees_min must not exceed employees_max")
+        return self
+
+
+class MqlAuthority(_Section):
+    min_seniority: Seniority = Seniority.MANAGER
+    buying_roles: frozenset[BuyingRole] = frozenset(
+        {BuyingRole.INFLUENCER, BuyingRole.DECISION_MAKER}
+    )
+
+
+class SqlAuthority(_Section):
+    seniorities: frozenset[Seniority] = frozenset(
+        {Seniority.DIRECTOR, Seniority.VP, Seniority.C_LEVEL}
+    )
+    buying_roles: frozenset[BuyingRole] = frozenset({BuyingRole.DECISION_MAKER})
+
+
+class Authority(_Section):
+    mql: MqlAuthority = MqlAuthority()
+    sql: SqlAuthority = SqlAuthority()
+
+
+class Engagement(_Section):
+    mql_min_touchpoints: PositiveInt = 2
+    sql_min_touchpoints: PositiveInt = 4
+    sql_requires_intent: bool = True
+
+
+class Intent(_Section):
+    sql_min_pricing_views: Annotated[int, Field(ge=1, le=50)] = 2
+    quiz_talk_to_sales_score: float = 80
+
+
+class ScoreWeights(_Section):
+    fit: Annotated[int, Field(ge=0)] = 25
+    authority: Annotated[int, Field(ge=0)] = 25
+    engagement: Annotated[int, Field(ge=0)] = 25
+    intent: Annotated[int, Field(ge=0)] = 25
+
+    @model_validator(mode="after")
+    def _sum_100(self) -> ScoreWeights:
+        total = self.fit + self.authority + self.engagement + self.intent
+        if total != 100:
+            raise ValueError(f"score weights must add up to 100, they add up to {total}")
+        return self
+
+
+class Score(_Section):
+    weights: ScoreWeights = ScoreWeights()
+    engagement_saturation: PositiveInt = 8
+
+
+class HandoverRules(_Section):
+    timeline_size: Annotated[int, Field(ge=1, le=100)] = 10
+    talking_points: Annotated[int, Field(ge=0, le=20)] = 5
+
+
+class InputRules(_Section):
+    max_future_seconds: Annotated[int, Field(ge=0)] = 300
+    max_value_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+
+
+class Rules(_Section):
+    """The validated rules; `version` is stamped on every output as `rules_version`."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] = (
+        "default"
+    )
+    windows: Windows = Windows()
+    fit: Fit = Fit()
+    authority: Authority = Authority()
+    engagement: Engagement = Engagement()
+    intent: Intent = Intent()
+    score: Score = Score()
+    handover: HandoverRules = HandoverRules()
+    input: InputRules = InputRules()
+    version: str = Field(default="", exclude=True)
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> Rules:
+        e = self.engagement
+        if e.mql_min_touchpoints > e.sql_min_touchpoints:
+            raise ValueError(
+                "engagement.mql_min_touchpoints must not exceed engagement.sql_min_touchpoints"
+            )
+        return self
+
+    @property
+    def window_seconds(self) -> float:
+        return self.windows.engagement_days * 86400.0
+
+    @property
+    def pricing_pair_seconds(self) -> float:
+        return self.windows.pricing_pair_days * 86400.0
+
+
+@dataclass(frozen=True)
+class RuleProblem:
+    line: int | None
+    field: str
+    message: str
+
+    def render(self, source: str) -> str:
+        where = f"{source}:{self.line}" if self.line else source
+        return f"{where}: {self.field or '(top level)'}: {self.message}"
+
+
+class RulesError(ValueError):
+    """A rules file that cannot be used; `problems` name the line and the field of each fault."""
+
+    def __init__(self, source: str, problems: list[RuleProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(p.render(source) for p in problems))
+
+
+def _line_index(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]
+                ) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _line_index(value_node, (*path, key), out)
+            # keep the key's own line for the mapping entry itself
+            out[(*path, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, (*path, i), out)
+
+
+def _field_path(loc: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def parse_rules(text: str, source: str = "<rules>") -> Rules:
+    """Validate rules text; raises RulesError naming the line and field of every problem."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data: Any = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise RulesError(source, [RuleProblem(line, "", f"not valid YAML: {exc}")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RulesError(source, [RuleProblem(1, "", "the rules file must be a mapping")])
+    lines: dict[tuple[str | int, ...], int] = {}
+    if node is not None:
+        _line_index(node, (), lines)
+    try:
+        rules = Rules.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function")))
+            line = None
+            for cut in range(len(loc), -1, -1):
+                if loc[:cut] in lines:
+                    line = lines[loc[:cut]]
+                    break
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = "unknown setting (check the spelling against the default rules file)"
+            problems.append(RuleProblem(line, _field_path(loc), message))
+        raise RulesError(source, problems) from None
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return rules.model_copy(update={"version": f"{rules.name}@{digest}"})
+
+
+def load_rules(path: str | Path | None = None) -> Rules:
+    """Load a rules file, or the shipped defaults when `path` is None."""
+    if path is None:
+        text = default_rules_text()
+        return parse_rules(text, "default_rules.yaml")
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(str(file), [RuleProblem(None, "", f"cannot read: {exc.strerror}")]) from None
+    return parse_rules(text, str(file))
+
+
+def default_rules_text() -> str:
+    return (resources.files("router.domain") / "default_rules.yaml").read_text(encoding="utf-8")

@@ -1,0 +1,57 @@
+"""Prometheus metrics (SPEC §8): base units, `_total` counters, bounded label sets.
+
+Labels only ever take values from closed sets (touchpoint types, stages, paths, refusal
+reasons, topic names), so a hostile producer cannot blow up the series count.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+TOUCHPOINTS = Counter(
+    "leadrouter_touchpoints_processed_total",
+    "Touchpoints folded into lead state, by type (repeats included).",
+    ["type"],
+    registry=REGISTRY,
+)
+PROFILES = Counter(
+    "leadrouter_profiles_processed_total",
+    "Lead profiles processed.",
+    registry=REGISTRY,
+)
+TRANSITIONS = Counter(
+    "leadrouter_transitions_total",
+    "Stage transitions emitted, by stage and path.",
+    ["stage", "path"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "leadrouter_dead_letters_total",
+    "Inputs refused and sent to the dead-letter topic, by source topic and reason.",
+    ["topic", "reason"],
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "leadrouter_batch_processing_seconds",
+    "Time to process one batch of input events.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+BATCH_EVENTS = Histogram(
+    "leadrouter_batch_events",
+    "Events per processed batch.",
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500),
+    registry=REGISTRY,
+)
+NAMED_ACCOUNTS = Gauge(
+    "leadrouter_named_accounts",
+    "Named accounts currently known to this worker.",
+    registry=REGISTRY,
+)
+READY = Gauge(
+    "leadrouter_ready",
+    "1 when this worker's partitions are assigned, recovered and consuming.",
+    registry=REGISTRY,
+)

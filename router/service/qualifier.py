@@ -1,0 +1,127 @@
+"""The qualification handler: a batch of raw input records in, state writes and outputs out.
+
+No Kafka here: the faust agent (router/worker/app.py) hands us records and publishes what we
+return, so this layer is tested with plain lists. Per batch, each lead's state is decoded once,
+every event for it is applied in offset order, and it is encoded once: one state write per key
+per batch, which is what keeps the per-event cost low.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from router.adapters.wire import (
+    Refused,
+    dead_letter,
+    decode_profile,
+    decode_touchpoint,
+    encode,
+)
+from router.adapters.topics import Topics
+from router.domain.events import LeadProfile, Touchpoint, Transition
+from router.domain.qualification import Context, LeadState, apply_profile, apply_touchpoint
+from router.domain.rules import Rules
+from router.metrics import DEAD_LETTERS, PROFILES, TOUCHPOINTS, TRANSITIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(slots=True)
+class BatchResult:
+    outputs: list[Output] = field(default_factory=list)
+    # lead key -> (partition the lead lives on, encoded state)
+    state_writes: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    transitions: list[Transition] = field(default_factory=list)
+
+
+class Qualifier:
+    def __init__(
+        self,
+        rules: Rules,
+        topics: Topics,
+        router_version: str,
+        is_named_account: Callable[[str], bool],
+    ) -> None:
+        self.rules = rules
+        self.topics = topics
+        self.router_version = router_version
+        self.is_named_account = is_named_account
+
+    def process(
+        self,
+        records: Sequence[Record],
+        now: datetime,
+        load_state: Callable[[bytes], bytes | None],
+    ) -> BatchResult:
+        result = BatchResult()
+        ctx = Context(
+            rules=self.rules,
+            router_version=self.router_version,
+            emitted_at=now,
+            is_named_account=self.is_named_account,
+        )
+        states: dict[bytes, tuple[int, LeadState]] = {}
+        dirty: set[bytes] = set()
+        topics = self.topics
+        for record in records:
+            event: Touchpoint | LeadProfile
+            try:
+                if record.topic == topics.touchpoints:
+                    event = decode_touchpoint(record.key, record.value, self.rules, now)
+                else:
+                    event = decode_profile(record.key, record.value, self.rules, now)
+            except Refused as refused:
+                DEAD_LETTERS.labels(record.topic, refused.reason).inc()
+                letter = dead_letter(
+                    refused,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key,
+                    value=record.value,
+                    received_at=now,
+                    router_version=self.router_version,
+                )
+                result.outputs.append(Output(topics.deadletter, record.key, encode(letter)))
+                continue
+            key = record.key
+            assert key is not None  # decode() refuses keyless records
+            held = states.get(key)
+            if held is None:
+                raw = load_state(key)
+                lead_id = key.decode()
+                state = LeadState.from_bytes(raw) if raw is not None else LeadState(lead_id)
+                states[key] = (record.partition, state)
+            else:
+                state = held[1]
+            if isinstance(event, Touchpoint):
+                TOUCHPOINTS.labels(event.type.value).inc()
+                transitions = apply_touchpoint(state, event, ctx)
+            else:
+                PROFILES.inc()
+                transitions = apply_profile(state, event, ctx)
+            dirty.add(key)
+            for t in transitions:
+                TRANSITIONS.labels(t.to_stage.value, t.path.value if t.path else "none").inc()
+                result.transitions.append(t)
+                result.outputs.append(Output(topics.transitions, key, encode(t)))
+        for key in dirty:
+            partition, state = states[key]
+            result.state_writes[key] = (partition, state.to_bytes())
+        return result

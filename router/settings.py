@@ -1,0 +1,140 @@
+"""Worker settings: `LEADROUTER_*` environment variables, each with a matching CLI flag.
+
+One table (`FIELDS`) drives both, so the README, `--help` and the environment cannot disagree.
+Precedence: CLI flag > environment variable > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str = "kafka://127.0.0.1:9092"
+    rules: str | None = None
+    topic_prefix: str = ""
+    data_dir: str = ".leadrouter"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    partitions: int = 8
+    replication_factor: int = 1
+    broker_quirks: str = ""
+    broker_wait_seconds: float = 60.0
+    session_timeout_seconds: float = 10.0
+    fetch_max_wait_ms: int = 100
+    batch_size: int = 500
+    batch_wait_ms: int = 10
+    log_format: str = "json"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ValueError("partitions must be at least 1")
+        if self.broker_quirks not in ("", "tansu"):
+            raise ValueError(f"broker_quirks must be '' or 'tansu', not {self.broker_quirks!r}")
+        if self.log_format not in ("json", "text"):
+            raise ValueError(f"log_format must be 'json' or 'text', not {self.log_format!r}")
+
+    @property
+    def app_id(self) -> str:
+        return f"{self.topic_prefix}leadrouter"
+
+
+HELP: dict[str, str] = {
+    "broker": "Kafka bootstrap URL, e.g. kafka://host:9092 (several: kafka://h1:9092;h2:9092)",
+    "rules": "rules file (YAML); default: the shipped SPEC defaults",
+    "topic_prefix": "prefix prepended to every topic name, internal ones included",
+    "data_dir": "directory for local state",
+    "web_host": "address the HTTP server binds to (/health, /ready)",
+    "web_port": "HTTP port of the worker",
+    "partitions": "partitions for topics the router creates",
+    "replication_factor": "replication factor for topics the router creates",
+    "broker_quirks": "'tansu' switches on the workarounds for the embedded broker",
+    "broker_wait_seconds": "how long to wait for the broker at start before giving up",
+    "session_timeout_seconds": "consumer-group session timeout (failover time after a crash)",
+    "fetch_max_wait_ms": "longest a fetch waits for data (latency floor per hop)",
+    "batch_size": "most events processed per batch",
+    "batch_wait_ms": "how long a batch waits to fill before it is processed",
+    "log_format": "json (one object per line) or text",
+    "log_level": "debug, info, warning or error",
+}
+
+
+def env_name(name: str) -> str:
+    return f"LEADROUTER_{name.upper()}"
+
+
+def _convert(kind: Any, raw: str, name: str) -> Any:
+    target = kind if isinstance(kind, type) else str
+    try:
+        if target is int:
+            return int(raw)
+        if target is float:
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{env_name(name)}={raw!r}: expected a {target.__name__}") from None
+    return raw
+
+
+def _field_type(f: Any) -> type:
+    text = str(f.type)
+    if text.startswith("int"):
+        return int
+    if text.startswith("float"):
+        return float
+    return str
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = env.get(env_name(f.name))
+        if raw is not None and raw != "":
+            values[f.name] = _convert(_field_type(f), raw, f.name)
+    return Settings(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=_field_type(f),
+            default=None,
+            help=f"{HELP[f.name]} [env {env_name(f.name)}; default {f.default!r}]",
+        )
+
+
+def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    base = from_env(environ)
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in fields(Settings)
+        if getattr(args, f.name, None) is not None
+    }
+    return replace(base, **overrides)
+
+
+def bootstrap_servers(url: str) -> list[str]:
+    """`kafka://h1:9092;kafka://h2:9092` -> ['h1:9092', 'h2:9092'] for aiokafka."""
+    servers = []
+    for part in url.replace(",", ";").split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        if "://" in part:
+            part = part.split("://", 1)[1]
+        part = part.rstrip("/")
+        if ":" not in part:
+            part += ":9092"
+        servers.append(part)
+    if not servers:
+        raise ValueError(f"no broker address in {url!r}")
+    return servers
