@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -111,10 +112,8 @@ async def ensure_topics(settings: Settings, topics: Topics) -> list[str]:
             )
             for name in missing
         ]
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):  # another worker was faster
             await admin.create_topics(new)
-        except TopicAlreadyExistsError:
-            pass  # another worker created them at the same moment
         return missing
     finally:
         await admin.close()

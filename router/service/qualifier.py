@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from router.adapters.topics import Topics
 from router.adapters.wire import (
     Refused,
     dead_letter,
@@ -19,7 +20,6 @@ from router.adapters.wire import (
     decode_touchpoint,
     encode,
 )
-from router.adapters.topics import Topics
 from router.domain.events import LeadProfile, Touchpoint, Transition
 from router.domain.qualification import Context, LeadState, apply_profile, apply_touchpoint
 from router.domain.rules import Rules

@@ -45,6 +45,7 @@ from router.settings import Settings, bootstrap_servers
 log = logging.getLogger(__name__)
 
 STATE_TABLE = "lead-state"
+PROMETHEUS_MEDIA_TYPE = CONTENT_TYPE_LATEST.split(";")[0]
 
 
 def _lower_fetch_wait(fetch_max_wait_ms: int) -> None:
@@ -178,7 +179,8 @@ class RouterApp:
 
         @app.page("/metrics")
         async def metrics(web: Any, request: Any) -> Any:
-            return web.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+            # aiohttp wants the charset apart from the media type
+            return web.bytes(generate_latest(REGISTRY), content_type=PROMETHEUS_MEDIA_TYPE)
 
         return app
 
@@ -195,6 +197,7 @@ class RouterApp:
             "state_recovered": recovered,
             "rebalancing": rebalancing,
             "named_accounts_loaded": self.accounts.caught_up.is_set(),
+            "named_accounts": len(self.accounts.values),
             "consuming": self.agent_started,
         }
         ready = recovered and not rebalancing and self.accounts.caught_up.is_set() and (

@@ -1,0 +1,199 @@
+"""`leadrouter demo`: embedded broker + one worker + synthetic traffic, shown live.
+
+Prints a small panel every two seconds: events sent, leads by stage, SQLs by path, dead
+letters, and the latest SQLs with why they qualified. Stops on Ctrl-C or after --duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections import Counter, deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from router.adapters.embedded_broker import BrokerError, EmbeddedBroker
+from router.adapters.topics import Topics
+from router.local import WorkerProcess
+from router.logs import mask_name
+from router.traffic import TrafficGenerator
+
+PANEL_SECONDS = 2.0
+
+
+def _why(event: dict[str, Any]) -> str:
+    c = event["criteria"]
+    h = event.get("handover") or {}
+    profile = h.get("profile") or {}
+    company = profile.get("company") or {}
+    reasons = []
+    if event["path"] == "direct":
+        reasons.append(f"talk-to-sales ({c['intent']['talk_to_sales']})")
+    elif event["path"] == "abm":
+        reasons.append(f"named account {c['fit']['named_account']}")
+        if c["intent"]["talk_to_sales"]:
+            reasons.append("talk-to-sales")
+        else:
+            reasons.append(f"{c['intent']['pricing_views_within_pair_window']} pricing views")
+    else:
+        reasons.append(f"{c['engagement']['touchpoints_in_window']} touchpoints")
+        if c["intent"]["talk_to_sales"]:
+            reasons.append("talk-to-sales")
+        else:
+            reasons.append(f"{c['intent']['pricing_views_within_pair_window']} pricing views")
+    who = f"{mask_name(profile.get('name'))} {profile.get('title', '?')}"
+    org = f"{company.get('name', '?')} ({company.get('industry', '?')}, {company.get('employees')})"
+    points = ", ".join(h.get("talking_points", [])[:3])
+    return (
+        f"{event['lead_id']:<8} {event['path']:<8} score {event['score']:>3}"
+        f" {h.get('sla_class', '?'):<11} | {', '.join(reasons)} | {who} @ {org}"
+        + (f" | talk about: {points}" if points else "")
+    )
+
+
+class Dashboard:
+    def __init__(self) -> None:
+        self.stage: dict[str, str] = {}
+        self.sql_paths: Counter[str] = Counter()
+        self.dead: Counter[str] = Counter()
+        self.fresh: deque[str] = deque()
+        self.seen: set[str] = set()
+        self.sent = 0
+        self.first_sql_at: float | None = None
+
+    def on_transition(self, event: dict[str, Any]) -> None:
+        if event["event_id"] in self.seen:
+            return  # at-least-once: drop repeats by event_id
+        self.seen.add(event["event_id"])
+        self.stage[event["lead_id"]] = event["to_stage"]
+        if event["type"] == "lead.sql":
+            self.sql_paths[event["path"]] += 1
+            self.fresh.append(_why(event))
+            if self.first_sql_at is None:
+                self.first_sql_at = time.monotonic()
+
+    def render(self, elapsed: float, total_leads: int) -> str:
+        stages = Counter(self.stage.values())
+        lines = [f"  SQL {line}" for line in self.fresh]
+        self.fresh.clear()
+        lines += [
+            f"--- leadrouter demo, {elapsed:5.0f} s --- events sent {self.sent}"
+            f" | leads {total_leads}: new/nurture {total_leads - len(self.stage)},"
+            f" MQL {stages.get('mql', 0)}, SQL {stages.get('sql', 0)}"
+            f" | SQL by path: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(self.sql_paths.items())) or "none yet")
+            + f" | dead letters {sum(self.dead.values())}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in self.dead.most_common())})"
+               if self.dead else ""),
+        ]
+        return "\n".join(lines)
+
+
+async def _run(broker: EmbeddedBroker, duration: float | None, rate: float, leads: int,
+               seed: int, stop: asyncio.Event) -> int:
+    topics = Topics.with_prefix("")
+    traffic = TrafficGenerator(leads=leads, seed=seed)
+    board = Dashboard()
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+    consumer = AIOKafkaConsumer(
+        topics.transitions,
+        topics.deadletter,
+        bootstrap_servers=broker.bootstrap,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+    )
+    await producer.start()
+    await consumer.start()
+    started = time.monotonic()
+    try:
+        for key, value in traffic.named_accounts():
+            await producer.send_and_wait(topics.accounts, value, key=key)
+
+        async def produce() -> None:
+            interval = 1.0 / rate
+            next_at = time.monotonic()
+            while not stop.is_set():
+                for kind, key, value in traffic.next_events(datetime.now(UTC)):
+                    topic = topics.touchpoints if kind == "touchpoint" else topics.profiles
+                    await producer.send(topic, value, key=key)
+                    board.sent += 1
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+        async def consume() -> None:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=300)
+                for tp, records in batches.items():
+                    for r in records:
+                        if tp.topic == topics.deadletter:
+                            board.dead[orjson.loads(r.value)["reason"]] += 1
+                        else:
+                            board.on_transition(orjson.loads(r.value))
+
+        async def show() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), PANEL_SECONDS)
+                print(board.render(time.monotonic() - started, leads), flush=True)
+                if duration is not None and time.monotonic() - started >= duration:
+                    stop.set()
+
+        await asyncio.gather(produce(), consume(), show())
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return 0 if board.first_sql_at is not None else 1
+
+
+def run_demo(duration: float | None, rate: float, leads: int, web_port: int, seed: int) -> int:
+    workdir = Path(".leadrouter")
+    workdir.mkdir(exist_ok=True)
+    try:
+        broker = EmbeddedBroker(log_path=workdir / "demo-broker.log").start()
+    except BrokerError as exc:
+        print(f"leadrouter demo: {exc}", file=sys.stderr)
+        return 2
+    print(f"embedded broker on {broker.url} (in memory; log {broker.log_path})", flush=True)
+    worker = WorkerProcess(
+        broker.url,
+        workdir / "demo-worker.log",
+        web_port=web_port,
+        env={"LEADROUTER_DATA_DIR": str(workdir / "data")},
+    )
+    try:
+        worker.start()
+        print(f"worker starting (log {worker.log_path}); waiting until /ready ...", flush=True)
+        worker.wait_ready(90)
+        print(
+            f"worker ready: {worker.base_url}/ready, {worker.base_url}/metrics."
+            f" Sending ~{rate:.0f} events/s for {leads} synthetic leads. Ctrl-C to stop.\n"
+            "Each new SQL is printed once: lead, path, score, SLA class | why | who | hooks.",
+            flush=True,
+        )
+
+        async def main() -> int:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            return await _run(broker, duration, rate, leads, seed, stop)
+
+        code = asyncio.run(main())
+        if code != 0:
+            print("no SQL was seen during the demo; see the worker log", file=sys.stderr)
+        return code
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"leadrouter demo: {exc}", file=sys.stderr)
+        print(worker.log_tail(), file=sys.stderr)
+        return 1
+    finally:
+        print("stopping worker and broker ...", flush=True)
+        worker.stop()
+        broker.stop()
