@@ -68,8 +68,9 @@ BEHAVIOUR: dict[str, list[tuple[str, float]]] = {
 
 
 def _pick(rng: random.Random, weighted: list[tuple[str, float]]) -> str:
-    names, weights = zip(*weighted, strict=True)
-    return rng.choices(names, weights)[0]
+    names = [name for name, _ in weighted]
+    weights = [weight for _, weight in weighted]
+    return names[rng.choices(range(len(names)), weights)[0]]
 
 
 @dataclass

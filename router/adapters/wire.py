@@ -130,12 +130,16 @@ def decode_profile(key: bytes | None, value: bytes | None, rules: Rules, now: da
     return profile
 
 
-def _text_or_base64(data: bytes | None) -> tuple[str | None, str]:
+def _text_or_base64(data: bytes | None, truncated: bool = False) -> tuple[str | None, str]:
     if data is None:
         return None, "utf-8"
     try:
         return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as exc:
+        # Truncation may cut the last character of a text value in half: drop that partial
+        # character instead of turning the whole (readable) value into base64.
+        if truncated and exc.reason == "unexpected end of data":
+            return data[: exc.start].decode("utf-8"), "utf-8"
         return base64.b64encode(data).decode("ascii"), "base64"
 
 
@@ -153,7 +157,7 @@ def dead_letter(
     truncated = value is not None and len(value) > DEAD_LETTER_VALUE_LIMIT
     if truncated:
         value = value[:DEAD_LETTER_VALUE_LIMIT]  # type: ignore[index]
-    text, encoding = _text_or_base64(value)
+    text, encoding = _text_or_base64(value, truncated)
     key_text = key.decode("utf-8", "replace") if key is not None else None
     return DeadLetter(
         source_topic=topic,

@@ -149,7 +149,8 @@ class BuyingRole(StrEnum):
 class Company(_Input):
     name: Annotated[str, Field(max_length=256)] | None = None
     domain: Annotated[str, Field(max_length=253)] | None = None
-    employees: Annotated[int, Field(ge=0)] | None = None
+    # strict: a JSON true or "420" is a wrongly typed field (SPEC §6), not a head count
+    employees: Annotated[int, Field(ge=0, strict=True)] | None = None
     industry: Annotated[str, Field(max_length=64)] | None = None
 
 

@@ -1,0 +1,122 @@
+"""`leadrouter bench-latency`: time from producing the triggering touchpoint to the `lead.sql`
+being readable by a consumer, one worker, at a fixed offered rate. A benchmark, not a test.
+
+Each sample is a distinct fit decision-maker lead whose profile was loaded beforehand; its one
+`demo_request` makes it SQL at once (direct path), so every touchpoint triggers one `lead.sql`.
+Times are taken in this process with a monotonic clock: before `send()` and on receipt by a
+plain aiokafka consumer (fetch_max_wait 100 ms, like the worker's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from router.adapters.embedded_broker import EmbeddedBroker, free_port
+from router.adapters.topics import Topics
+from router.local import WorkerProcess
+from router.settings import bootstrap_servers
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def _measure(bootstrap: list[str], topics: Topics, samples: int, rate: float
+                   ) -> dict[str, float]:
+    run = uuid.uuid4().hex[:6]
+    leads = [f"B-{run}-{i}" for i in range(samples)]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    consumer = AIOKafkaConsumer(topics.transitions, bootstrap_servers=bootstrap,
+                                auto_offset_reset="latest", fetch_max_wait_ms=100)
+    await producer.start()
+    await consumer.start()
+    try:
+        now = datetime.now(UTC).isoformat()
+        for lead in leads:
+            profile = {"lead_id": lead, "updated_at": now, "seniority": "director",
+                       "buying_role": "decision_maker",
+                       "company": {"employees": 300, "industry": "saas"}}
+            await producer.send(topics.profiles, orjson.dumps(profile), key=lead.encode())
+        await producer.flush()
+        await asyncio.sleep(3.0)  # let the worker fold the profiles in before timing starts
+        while not consumer.assignment():
+            await asyncio.sleep(0.05)
+        sent_at: dict[str, float] = {}
+        latencies: list[float] = []
+
+        async def consume() -> None:
+            deadline = time.monotonic() + samples / rate + 30
+            while len(latencies) < samples and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=200)
+                received = time.monotonic()
+                for records in batches.values():
+                    for r in records:
+                        lead = r.key.decode() if r.key else ""
+                        start = sent_at.pop(lead, None)
+                        if start is not None and b'"lead.sql"' in r.value:
+                            latencies.append(received - start)
+
+        async def produce() -> None:
+            interval = 1.0 / rate
+            next_at = time.monotonic()
+            for lead in leads:
+                tp = {"event_id": f"{lead}-demo", "lead_id": lead, "type": "demo_request",
+                      "occurred_at": datetime.now(UTC).isoformat()}
+                sent_at[lead] = time.monotonic()
+                await producer.send(topics.touchpoints, orjson.dumps(tp), key=lead.encode())
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+        await asyncio.gather(consume(), produce())
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    if not latencies:
+        raise RuntimeError("no lead.sql arrived: is a worker running against this broker?")
+    ms = [x * 1000 for x in latencies]
+    return {
+        "samples": len(ms),
+        "lost": samples - len(ms),
+        "rate_per_s": rate,
+        "p50_ms": round(statistics.median(ms), 1),
+        "p95_ms": round(_percentile(ms, 0.95), 1),
+        "p99_ms": round(_percentile(ms, 0.99), 1),
+        "max_ms": round(max(ms), 1),
+    }
+
+
+def run_latency_bench(samples: int, rate: float, broker: str | None) -> int:
+    topics = Topics.with_prefix("")
+    if broker is not None:
+        result = asyncio.run(_measure(bootstrap_servers(broker), topics, samples, rate))
+        print(orjson.dumps({"bench": "touchpoint_to_sql_latency", **result}).decode())
+        return 0
+    workdir = Path(".leadrouter")
+    workdir.mkdir(exist_ok=True)
+    with EmbeddedBroker(log_path=workdir / "bench-broker.log") as embedded:
+        worker = WorkerProcess(embedded.url, workdir / "bench-worker.log", web_port=free_port())
+        try:
+            worker.start()
+            worker.wait_ready(90)
+            result = asyncio.run(_measure([embedded.bootstrap], topics, samples, rate))
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"bench-latency: {exc}\n{worker.log_tail()}", file=sys.stderr)
+            return 1
+        finally:
+            worker.stop()
+    print(f"touchpoint -> lead.sql readable, one worker, embedded broker, {rate:.0f}/s offered:")
+    print(f"  samples {result['samples']} (lost {result['lost']})  p50 {result['p50_ms']} ms"
+          f"  p95 {result['p95_ms']} ms  p99 {result['p99_ms']} ms  max {result['max_ms']} ms")
+    print(orjson.dumps({"bench": "touchpoint_to_sql_latency", **result}).decode())
+    return 0
