@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -30,6 +30,7 @@ REFUSAL_REASONS = (
     "future_event",
     "missing_key",
     "key_mismatch",
+    "internal_error",  # a bug in the router, not in the input: the record is kept for replay
 )
 
 
@@ -130,7 +131,9 @@ def decode_profile(key: bytes | None, value: bytes | None, rules: Rules, now: da
     return profile
 
 
-def _text_or_base64(data: bytes | None, truncated: bool = False) -> tuple[str | None, str]:
+def _text_or_base64(
+    data: bytes | None, truncated: bool = False
+) -> tuple[str | None, Literal["utf-8", "base64"]]:
     if data is None:
         return None, "utf-8"
     try:

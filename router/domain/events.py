@@ -189,11 +189,11 @@ class Rep(_Input):
     rep_id: NonEmptyStr
     name: Annotated[str, Field(max_length=256)] | None = None
     email: Annotated[str, Field(max_length=320)] | None = None
-    active: bool = True
+    active: Annotated[bool, Field(strict=True)] = True
     pools: list[NonEmptyStr] = Field(default_factory=list)
     languages: list[Annotated[str, Field(pattern=r"^[a-z]{2}$")]] = Field(default_factory=list)
-    max_open_leads: Annotated[int, Field(ge=0)] = 30
-    weight: Annotated[int, Field(ge=1, le=100)] = 1
+    max_open_leads: Annotated[int, Field(ge=0, strict=True)] = 30
+    weight: Annotated[int, Field(ge=1, le=100, strict=True)] = 1
     timezone: str = "UTC"
     working_hours: dict[Weekday, tuple[HHMM, HHMM]] = Field(
         default_factory=_default_working_hours

@@ -104,7 +104,7 @@ class LeadState:
             pricing=[(t[0], t[1], t[2], t[3]) for t in raw["p"]],
             profile=raw["pf"],
             profile_ts=raw["pt"],
-            account=tuple(raw["a"]) if raw["a"] is not None else None,  # type: ignore[arg-type]
+            account=(raw["a"][0], raw["a"][1]) if raw["a"] is not None else None,
             last_trigger=raw.get("lt"),
         )
 
@@ -192,8 +192,23 @@ def _prune(state: LeadState, rules: Rules) -> None:
         state.last_tts = None
 
 
-def record_touchpoint(state: LeadState, tp: Touchpoint, rules: Rules) -> bool:
-    """Fold one touchpoint into the state; False when it changes nothing (repeat or too old)."""
+def _account_rank(account: tuple[float, str], is_named_account: Callable[[str], bool]
+                  ) -> tuple[bool, float, str]:
+    return (is_named_account(account[1]), account[0], account[1])
+
+
+def record_touchpoint(
+    state: LeadState,
+    tp: Touchpoint,
+    rules: Rules,
+    is_named_account: Callable[[str], bool] = lambda _domain: False,
+) -> bool:
+    """Fold one touchpoint into the state; False when it changes nothing (repeat or too old).
+
+    The lead's account is the newest named-account domain its touchpoints carried, else the
+    newest domain: a later touch from another domain must not take the ABM path away again,
+    or the stage reached would depend on the order the touches arrived in.
+    """
     ts = tp.occurred_at.timestamp()
     if state.newest_ts is not None and ts < state.newest_ts - rules.window_seconds:
         return False  # belongs only to windows that have already passed
@@ -209,7 +224,9 @@ def record_touchpoint(state: LeadState, tp: Touchpoint, rules: Rules) -> bool:
         changed = _insert_top(state.pricing, touch, pricing_capacity(rules)) or changed
     if tp.account_domain:
         candidate = (ts, tp.account_domain.lower())
-        if state.account is None or candidate > state.account:
+        if state.account is None or _account_rank(candidate, is_named_account) > _account_rank(
+            state.account, is_named_account
+        ):
             state.account = candidate
             changed = True
     if state.newest_ts is None or ts > state.newest_ts:
@@ -307,7 +324,7 @@ def assess(state: LeadState, rules: Rules, is_named_account: Callable[[str], boo
         )
     if industry is None:
         missing_fit.append("industry unknown")
-    elif industry not in fit_rules.industries:
+    elif industry.lower() not in fit_rules.industries:
         missing_fit.append(f"industry {industry!r} not targeted")
     fit = not missing_fit
 
@@ -438,10 +455,8 @@ def score(a: Assessment, rules: Rules) -> int:
     """0-100 for prioritising; never used for the stage decision."""
     w = rules.score.weights
     d = a.detail
-    if a.fit or a.abm:
-        fit_part = 1.0
-    else:
-        fit_part = 0.5 * (2 - len(d["fit"]["missing"]))
+    # fit: full when fit (or ABM), else half a point per known-and-matching attribute
+    fit_part = 1.0 if a.fit or a.abm else 0.5 * (2 - len(d["fit"]["missing"]))
     authority_part = max(
         _SENIORITY_SCORE[Seniority(d["authority"]["seniority"])],
         _ROLE_SCORE[BuyingRole(d["authority"]["buying_role"])],
@@ -457,7 +472,7 @@ def score(a: Assessment, rules: Rules) -> int:
         intent_part = 0.4
     else:
         intent_part = 0.0
-    total = (
+    total: float = (
         w.fit * fit_part
         + w.authority * authority_part
         + w.engagement * engagement_part
@@ -574,7 +589,7 @@ def decide(state: LeadState, trigger: str, occurred_at: datetime, ctx: Context) 
 
 
 def apply_touchpoint(state: LeadState, tp: Touchpoint, ctx: Context) -> list[Transition]:
-    if not record_touchpoint(state, tp, ctx.rules):
+    if not record_touchpoint(state, tp, ctx.rules, ctx.is_named_account):
         return []
     return decide(state, tp.event_id, tp.occurred_at, ctx)
 
@@ -595,7 +610,7 @@ def event_time_problem(occurred_at: datetime, now: datetime, rules: Rules) -> st
     ahead = (occurred_at - now).total_seconds()
     if ahead > rules.input.max_future_seconds:
         return (
-            f"occurred_at is {ahead:.0f} s in the future"
+            f"dated {ahead:.0f} s in the future"
             f" (more than {rules.input.max_future_seconds} s ahead of the router's clock)"
         )
     return None

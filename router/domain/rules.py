@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from router.domain.events import BuyingRole, Seniority
 
@@ -52,6 +60,11 @@ class Fit(_Section):
     industries: frozenset[str] = frozenset(
         {"saas", "software", "financial_services", "business_services"}
     )
+
+    @field_validator("industries")
+    @classmethod
+    def _lower(cls, value: frozenset[str]) -> frozenset[str]:
+        return frozenset(v.strip().lower() for v in value)
 
     @model_validator(mode="after")
     def _ordered(self) -> Fit:
@@ -133,7 +146,12 @@ class Rules(_Section):
     score: Score = Score()
     handover: HandoverRules = HandoverRules()
     input: InputRules = InputRules()
-    version: str = Field(default="", exclude=True)
+    _version: str = PrivateAttr(default="")
+
+    @property
+    def version(self) -> str:
+        """`name@hash-of-the-file`: stamped on every output as `rules_version`."""
+        return self._version or f"{self.name}@unversioned"
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Rules:
@@ -179,10 +197,13 @@ def _line_index(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[st
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value
-            out[(*path, key)] = key_node.start_mark.line + 1
+            if (*path, key) in out:
+                # YAML would silently keep the last one; a rules file must not be ambiguous
+                raise RulesError("", [RuleProblem(
+                    key_node.start_mark.line + 1, _field_path((*path, key)),
+                    f"set twice (first on line {out[(*path, key)]})")])
             _line_index(value_node, (*path, key), out)
-            # keep the key's own line for the mapping entry itself
-            out[(*path, key)] = key_node.start_mark.line + 1
+            out[(*path, key)] = key_node.start_mark.line + 1  # an entry's line is its key's
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _line_index(item, (*path, i), out)
@@ -213,13 +234,18 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
         raise RulesError(source, [RuleProblem(1, "", "the rules file must be a mapping")])
     lines: dict[tuple[str | int, ...], int] = {}
     if node is not None:
-        _line_index(node, (), lines)
+        try:
+            _line_index(node, (), lines)
+        except RulesError as exc:
+            raise RulesError(source, exc.problems) from None
     try:
         rules = Rules.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function")))
+            loc = tuple(
+                p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function"))
+            )
             line = None
             for cut in range(len(loc), -1, -1):
                 if loc[:cut] in lines:
@@ -231,7 +257,8 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
             problems.append(RuleProblem(line, _field_path(loc), message))
         raise RulesError(source, problems) from None
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return rules.model_copy(update={"version": f"{rules.name}@{digest}"})
+    rules._version = f"{rules.name}@{digest}"
+    return rules
 
 
 def load_rules(path: str | Path | None = None) -> Rules:
@@ -243,7 +270,8 @@ def load_rules(path: str | Path | None = None) -> Rules:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise RulesError(str(file), [RuleProblem(None, "", f"cannot read: {exc.strerror}")]) from None
+        problem = RuleProblem(None, "", f"cannot read: {exc.strerror}")
+        raise RulesError(str(file), [problem]) from None
     return parse_rules(text, str(file))
 
 

@@ -8,6 +8,7 @@ per batch, which is what keeps the per-event cost low.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +25,8 @@ from router.domain.events import LeadProfile, Touchpoint, Transition
 from router.domain.qualification import Context, LeadState, apply_profile, apply_touchpoint
 from router.domain.rules import Rules
 from router.metrics import DEAD_LETTERS, PROFILES, TOUCHPOINTS, TRANSITIONS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,50 +81,69 @@ class Qualifier:
         )
         states: dict[bytes, tuple[int, LeadState]] = {}
         dirty: set[bytes] = set()
-        topics = self.topics
         for record in records:
-            event: Touchpoint | LeadProfile
             try:
-                if record.topic == topics.touchpoints:
-                    event = decode_touchpoint(record.key, record.value, self.rules, now)
-                else:
-                    event = decode_profile(record.key, record.value, self.rules, now)
+                transitions = self._apply(record, now, ctx, states, load_state)
             except Refused as refused:
-                DEAD_LETTERS.labels(record.topic, refused.reason).inc()
-                letter = dead_letter(
-                    refused,
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    key=record.key,
-                    value=record.value,
-                    received_at=now,
-                    router_version=self.router_version,
-                )
-                result.outputs.append(Output(topics.deadletter, record.key, encode(letter)))
+                result.outputs.append(self._dead_letter(record, refused, now))
+                continue
+            except Exception as exc:  # a bug must not stop the partition or lose the record
+                log.exception("internal error on a record; sent to the dead-letter topic",
+                              extra={"topic": record.topic, "partition": record.partition,
+                                     "offset": record.offset})
+                internal = Refused("internal_error", f"internal error: {type(exc).__name__}: {exc}")
+                result.outputs.append(self._dead_letter(record, internal, now))
                 continue
             key = record.key
             assert key is not None  # decode() refuses keyless records
-            held = states.get(key)
-            if held is None:
-                raw = load_state(key)
-                lead_id = key.decode()
-                state = LeadState.from_bytes(raw) if raw is not None else LeadState(lead_id)
-                states[key] = (record.partition, state)
-            else:
-                state = held[1]
-            if isinstance(event, Touchpoint):
-                TOUCHPOINTS.labels(event.type.value).inc()
-                transitions = apply_touchpoint(state, event, ctx)
-            else:
-                PROFILES.inc()
-                transitions = apply_profile(state, event, ctx)
             dirty.add(key)
             for t in transitions:
                 TRANSITIONS.labels(t.to_stage.value, t.path.value if t.path else "none").inc()
                 result.transitions.append(t)
-                result.outputs.append(Output(topics.transitions, key, encode(t)))
+                result.outputs.append(Output(self.topics.transitions, key, encode(t)))
         for key in dirty:
             partition, state = states[key]
             result.state_writes[key] = (partition, state.to_bytes())
         return result
+
+    def _apply(
+        self,
+        record: Record,
+        now: datetime,
+        ctx: Context,
+        states: dict[bytes, tuple[int, LeadState]],
+        load_state: Callable[[bytes], bytes | None],
+    ) -> list[Transition]:
+        event: Touchpoint | LeadProfile
+        if record.topic == self.topics.touchpoints:
+            event = decode_touchpoint(record.key, record.value, self.rules, now)
+        else:
+            event = decode_profile(record.key, record.value, self.rules, now)
+        key = record.key
+        assert key is not None  # decode() refuses keyless records
+        held = states.get(key)
+        if held is None:
+            raw = load_state(key)
+            state = LeadState.from_bytes(raw) if raw is not None else LeadState(key.decode())
+            states[key] = (record.partition, state)
+        else:
+            state = held[1]
+        if isinstance(event, Touchpoint):
+            TOUCHPOINTS.labels(event.type.value).inc()
+            return apply_touchpoint(state, event, ctx)
+        PROFILES.inc()
+        return apply_profile(state, event, ctx)
+
+    def _dead_letter(self, record: Record, refused: Refused, now: datetime) -> Output:
+        DEAD_LETTERS.labels(record.topic, refused.reason).inc()
+        letter = dead_letter(
+            refused,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            received_at=now,
+            router_version=self.router_version,
+        )
+        return Output(self.topics.deadletter, record.key, encode(letter))

@@ -10,6 +10,7 @@ import pytest
 
 from router.domain.events import LeadProfile, Stage, Touchpoint, Transition
 from router.domain.qualification import (
+    Assessment,
     Context,
     LeadState,
     apply_profile,
@@ -227,6 +228,20 @@ SCENARIOS: list[tuple[str, list[Event], list[str], Stage]] = [
         [profile(domain="bigco.com"), tp("page_view", 0), tp("demo_request", 1)],
         ["mql/abm by demo_request-d1", "sql/abm by demo_request-d1"],
         Stage.SQL,
+    ),
+    (
+        "abm: a later touch from another domain keeps the named account",
+        [profile(employees=None, industry=None), tp("page_view", 0, domain="bigco.com"),
+         tp("pricing_page_view", 1), tp("email_click", 2, domain="gmail.com")],
+        ["mql/abm by pricing_page_view-d1"],
+        Stage.MQL,
+    ),
+    (
+        "abm: a named-account touch arriving after a newer other-domain touch still counts",
+        [profile(employees=None, industry=None), tp("email_click", 2, domain="gmail.com"),
+         tp("page_view", 0, domain="bigco.com"), tp("pricing_page_view", 1)],
+        ["mql/abm by pricing_page_view-d1"],
+        Stage.MQL,
     ),
     (
         "abm: SQL still needs SQL authority",
@@ -499,7 +514,7 @@ def test_every_target_industry_is_fit(industry: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def assessed(events: Sequence[Event], rules: Rules = RULES):  # type: ignore[no-untyped-def]
+def assessed(events: Sequence[Event], rules: Rules = RULES) -> tuple[LeadState, Assessment]:
     state, _ = run(events, rules)
     return state, assess(state, rules, NAMED_ACCOUNTS.__contains__)
 

@@ -126,9 +126,10 @@ def summaries(state: LeadState) -> tuple[Any, ...]:
 def test_any_arrival_order_gives_the_same_final_stage(
     data: st.DataObject, touches: list[Touchpoint], profile: LeadProfile
 ) -> None:
-    first = data.draw(st.booleans())
-    events_a: list[Event] = [profile, *touches] if first else with_profile(data.draw, touches,
-                                                                           profile)
+    if data.draw(st.booleans(), label="profile first"):
+        events_a: list[Event] = [profile, *touches]
+    else:
+        events_a = with_profile(data.draw, touches, profile)
     shuffled = data.draw(st.permutations(touches))
     events_b = with_profile(data.draw, shuffled, profile)
 
