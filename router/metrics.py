@@ -55,3 +55,27 @@ READY = Gauge(
     "1 when this worker's partitions are assigned, recovered and consuming.",
     registry=REGISTRY,
 )
+ASSIGNMENTS = Counter(
+    "leadrouter_assignments_total",
+    "Routing outcomes, by pool, rule (or 'queued') and event type.",
+    ["pool", "rule", "type"],
+    registry=REGISTRY,
+)
+ROUTING_LATENCY = Histogram(
+    "leadrouter_routing_latency_seconds",
+    "From the triggering input being processed to the assignment being emitted.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    registry=REGISTRY,
+)
+OPEN_LEADS = Gauge(
+    "leadrouter_rep_open_leads",
+    "Open leads per rep (assigned and not yet dispositioned), on the routing worker.",
+    ["rep_id"],
+    registry=REGISTRY,
+)
+QUEUED_LEADS = Gauge(
+    "leadrouter_pool_queued_leads",
+    "Leads waiting in a pool's queue for an eligible rep, on the routing worker.",
+    ["pool"],
+    registry=REGISTRY,
+)

@@ -11,12 +11,13 @@ from router.domain.events import INPUT_MODELS, OUTPUT_MODELS
 
 
 def schema_documents() -> dict[str, dict[str, Any]]:
-    """File name -> schema, for inputs (validation mode) and outputs (serialization mode)."""
+    """File name -> schema for every input and output event."""
     docs: dict[str, dict[str, Any]] = {}
     for name, model in INPUT_MODELS.items():
         docs[f"{name}.schema.json"] = model.model_json_schema(mode="validation")
     for name, model in OUTPUT_MODELS.items():
-        docs[f"{name}.schema.json"] = model.model_json_schema(mode="serialization", by_alias=True)
+        # validation mode: the shape a consumer may rely on (optional trace fields stay optional)
+        docs[f"{name}.schema.json"] = model.model_json_schema(mode="validation", by_alias=True)
     for name, doc in docs.items():
         doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         doc["$id"] = f"https://leadrouter.example/schemas/{name}"

@@ -27,6 +27,8 @@ class Topics:
     assignments: str
     sla: str
     deadletter: str
+    # internal: every routing input (SQLs, sales activity, clock ticks) in one ordered stream
+    routing: str
 
     @classmethod
     def with_prefix(cls, prefix: str = "") -> Topics:
@@ -40,6 +42,7 @@ class Topics:
             assignments=f"{prefix}leads.assignments",
             sla=f"{prefix}leads.sla",
             deadletter=f"{prefix}leads.deadletter",
+            routing=f"{prefix}leadrouter-routing",
         )
 
     @property
@@ -57,7 +60,12 @@ class Topics:
             self.assignments,
             self.sla,
             self.deadletter,
+            self.routing,
         ]
+
+    def partitions(self, name: str, default: int) -> int:
+        """Routing decisions are serialized in one partition (see router/domain/routing.py)."""
+        return 1 if name == self.routing else default
 
 
 class BrokerUnreachable(RuntimeError):
@@ -106,7 +114,7 @@ async def ensure_topics(settings: Settings, topics: Topics) -> list[str]:
         new = [
             NewTopic(
                 name=name,
-                num_partitions=settings.partitions,
+                num_partitions=topics.partitions(name, settings.partitions),
                 replication_factor=settings.replication_factor,
                 topic_configs={"cleanup.policy": "compact"} if name in topics.compacted else {},
             )

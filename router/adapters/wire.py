@@ -30,6 +30,7 @@ REFUSAL_REASONS = (
     "future_event",
     "missing_key",
     "key_mismatch",
+    "not_holder",  # sales activity from a rep who does not hold the lead
     "internal_error",  # a bug in the router, not in the input: the record is kept for replay
 )
 
@@ -69,13 +70,20 @@ def describe(exc: ValidationError) -> Refused:
     errors = exc.errors(include_url=False)
     parts = []
     for err in errors[:3]:
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if len(msg) > 200:
             msg = msg[:200] + "..."
-        parts.append(f"field '{_field_name(err['loc'])}': {msg}")
+        if err["loc"]:
+            parts.append(f"field '{_field_name(err['loc'])}': {msg}")
+        else:  # a rule across fields; its message names the field itself
+            parts.append(msg)
     if len(errors) > 3:
         parts.append(f"and {len(errors) - 3} more")
-    return Refused(_reason_for(errors[0]["type"]), "; ".join(parts))
+    first = errors[0]
+    reason = _reason_for(first["type"])
+    if not first["loc"] and "is required" in first["msg"]:
+        reason = "missing_field"
+    return Refused(reason, "; ".join(parts))
 
 
 def decode(model: type[M], key: bytes | None, value: bytes | None, rules: Rules) -> M:

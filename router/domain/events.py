@@ -11,8 +11,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 
 def parse_rfc3339(value: Any) -> datetime:
@@ -195,6 +206,15 @@ class Rep(_Input):
     max_open_leads: Annotated[int, Field(ge=0, strict=True)] = 30
     weight: Annotated[int, Field(ge=1, le=100, strict=True)] = 1
     timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+        return value
     working_hours: dict[Weekday, tuple[HHMM, HHMM]] = Field(
         default_factory=_default_working_hours
     )
@@ -240,6 +260,12 @@ class SalesActivity(_Input):
     occurred_at: Timestamp
     reason: RejectionReason | None = None
     comment: Annotated[str, Field(max_length=2000)] | None = None
+
+    @model_validator(mode="after")
+    def _rejection_needs_reason(self) -> SalesActivity:
+        if self.type is SalesActivityType.REJECTED and self.reason is None:
+            raise ValueError("field 'reason' is required when type is 'rejected'")
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,10 +325,17 @@ class Transition(_Emitted):
 
 
 class TraceEntry(_Output):
+    """One step of a routing decision: a rep skipped (and why) or chosen (and by which rule)."""
+
     rep_id: str | None = None
     skipped: str | None = None
     chosen: str | None = None
     detail: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
 
 
 class AssignmentSla(_Output):

@@ -132,6 +132,97 @@ class InputRules(_Section):
     max_value_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
 
 
+CountryCode = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+PoolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+HourMinute = Annotated[str, Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+# SPEC §4 default territories (the shipped default_rules.yaml spells the same lists out).
+DEFAULT_TERRITORIES: dict[str, str] = {
+    "NA": (
+        "US CA"
+    ),
+    "LATAM": (
+        "MX BZ CR SV GT HN NI PA AR BO BR CL CO EC GY PY PE SR UY VE"
+    ),
+    "EMEA": (
+        "AL AD AT BY BE BA BG HR CY CZ DK EE FI FR DE GR HU IS IE IT XK LV LI LT "
+        "LU MT MD MC ME NL MK NO PL PT RO RU SM RS SK SI ES SE CH UA GB VA AE BH "
+        "IL IQ IR JO KW LB OM PS QA SA SY TR YE DZ AO BJ BW BF BI CM CV CF TD KM "
+        "CG CD CI DJ EG GQ ER SZ ET GA GM GH GN GW KE LS LR LY MG MW ML MR MU MA "
+        "MZ NA NE NG RW ST SN SC SL SO ZA SS SD TZ TG TN UG ZM ZW"
+    ),
+    "APAC": (
+        "AF AM AZ BD BT BN KH CN GE HK IN ID JP KZ KG LA MO MY MV MN MM NP KP KR "
+        "PK PH SG LK TW TJ TH TL TM UZ VN AU NZ FJ PG SB VU WS TO KI FM MH NR PW "
+        "TV"
+    ),
+}
+
+
+class Territory(_Section):
+    """Leads matching every given condition go to `pool`; the first matching territory wins."""
+
+    pool: PoolName
+    countries: frozenset[CountryCode] = frozenset()  # empty: any country
+    employees_min: Annotated[int, Field(ge=0)] | None = None
+    employees_max: Annotated[int, Field(ge=0)] | None = None
+
+
+class RoutingRules(_Section):
+    territories: list[Territory] = Field(
+        default_factory=lambda: [
+            Territory(pool=pool, countries=frozenset(codes.split()))
+            for pool, codes in DEFAULT_TERRITORIES.items()
+        ]
+    )
+    fallback_pool: PoolName = "global"
+    # SPEC §4: capacity does not block named-account owners (or their backups) by default
+    named_account_ignores_capacity: bool = True
+    queue_drain_batch: Annotated[int, Field(ge=1, le=10_000)] = 200
+
+
+class ReassignOnBreach(_Section):
+    high_intent: bool = True
+    behavioural: bool = False
+
+
+class SlaRules(_Section):
+    high_intent_minutes: Annotated[float, Field(gt=0)] = 5
+    behavioural_business_hours: Annotated[float, Field(gt=0)] = 1
+    warning_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    reassign_on_breach: ReassignOnBreach = ReassignOnBreach()
+    # hours used for a queued lead, before a rep (and its hours) is known
+    default_timezone: str = "UTC"
+    default_working_hours: dict[str, tuple[HourMinute, HourMinute]] = Field(
+        default_factory=lambda: {d: ("09:00", "17:00") for d in WEEKDAYS[:5]}
+    )
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+        return value
+
+    @field_validator("default_working_hours")
+    @classmethod
+    def _weekdays(
+        cls, value: dict[str, tuple[str, str]]
+    ) -> dict[str, tuple[str, str]]:
+        for day, (start, end) in value.items():
+            if day not in WEEKDAYS:
+                raise ValueError(f"unknown weekday {day!r} (use {', '.join(WEEKDAYS)})")
+            if start >= end:
+                raise ValueError(f"{day}: start {start} is not before end {end}")
+        return value
+
+
 class Rules(_Section):
     """The validated rules; `version` is stamped on every output as `rules_version`."""
 
@@ -146,6 +237,8 @@ class Rules(_Section):
     score: Score = Score()
     handover: HandoverRules = HandoverRules()
     input: InputRules = InputRules()
+    routing: RoutingRules = RoutingRules()
+    sla: SlaRules = SlaRules()
     _version: str = PrivateAttr(default="")
 
     @property
@@ -254,6 +347,9 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
             message = err["msg"]
             if err["type"] == "extra_forbidden":
                 message = "unknown setting (check the spelling against the default rules file)"
+            elif err["type"] == "string_type" and isinstance(err.get("input"), bool):
+                message += ' (YAML reads a bare NO, yes, on or off as a boolean: quote it, "NO")'
+
             problems.append(RuleProblem(line, _field_path(loc), message))
         raise RulesError(source, problems) from None
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import orjson
+
 from router.adapters.topics import Topics
 from router.adapters.wire import (
     Refused,
@@ -21,12 +23,39 @@ from router.adapters.wire import (
     decode_touchpoint,
     encode,
 )
-from router.domain.events import LeadProfile, Touchpoint, Transition
-from router.domain.qualification import Context, LeadState, apply_profile, apply_touchpoint
+from router.domain.events import LeadProfile, Stage, Touchpoint, Transition
+from router.domain.qualification import (
+    Context,
+    LeadState,
+    account_domain,
+    apply_profile,
+    apply_touchpoint,
+    sla_class,
+    transition_id,
+)
+from router.domain.routing import RouteRequest
 from router.domain.rules import Rules
 from router.metrics import DEAD_LETTERS, PROFILES, TOUCHPOINTS, TRANSITIONS
 
 log = logging.getLogger(__name__)
+
+
+def route_request(state: LeadState, now: datetime) -> RouteRequest:
+    """What the routing stage needs to know about a lead that just became SQL."""
+    profile = state.profile or {}
+    company = profile.get("company") or {}
+    domains = [d for d in (account_domain(state), company.get("domain")) if isinstance(d, str)]
+    return RouteRequest(
+        lead_id=state.lead_id,
+        cycle=state.cycle,
+        sla_class=sla_class(state),
+        country=profile.get("country"),
+        language=profile.get("language"),
+        employees=company.get("employees"),
+        account_domains=tuple(dict.fromkeys(d.lower() for d in domains)),
+        sql_event_id=transition_id(state.lead_id, state.cycle, Stage.SQL),
+        received_at=now.timestamp(),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +130,10 @@ class Qualifier:
                 TRANSITIONS.labels(t.to_stage.value, t.path.value if t.path else "none").inc()
                 result.transitions.append(t)
                 result.outputs.append(Output(self.topics.transitions, key, encode(t)))
+                if t.type == "lead.sql":
+                    request = route_request(states[key][1], now)
+                    value = orjson.dumps({"kind": "route", **request.to_json()})
+                    result.outputs.append(Output(self.topics.routing, key, value))
         for key in dirty:
             partition, state = states[key]
             result.state_writes[key] = (partition, state.to_bytes())

@@ -1,28 +1,36 @@
-"""The faust worker: a thin adapter that feeds the qualifier and publishes what it decides.
+"""The faust worker: thin adapters that feed the handlers and publish what they decide.
 
-Commit order (at-least-once, SPEC §6). For each batch taken from the input topics:
-  1. decode + decide (router.service.qualifier), all in memory;
-  2. write each touched lead's state to the table's store and queue it to the changelog on the
-     partition of the lead's input record (never the "current event" of the batch, which may be
-     another partition's: the faust `take()` pitfall);
-  3. hand every output (transitions, dead letters) to the producer;
-  4. only then does `take_events` ack the batch. Faust flushes the producer before it commits
-     offsets, so an offset is committed only after the state and outputs of the records below it
-     are on the broker.
-A crash between 3 and the commit replays the batch: outputs carry deterministic event_ids, and
-state updates are idempotent (duplicate touchpoints change nothing), so a consumer that drops
-repeated ids sees the same stream as without the crash.
+Agents (all at-least-once):
+  qualify   leads.touchpoints + leads.profiles (N partitions) -> router.service.qualifier
+  activity  sales.activity -> validated onto the routing stream (or the dead-letter topic)
+  route     the internal routing stream (ONE partition: one decider, so round-robin cursors,
+            open-lead counts and queues are exact with any number of workers)
+            -> router.service.routing_stage
+  tick      the group leader's 1 s clock onto the routing stream (queue draining)
+
+Commit order, per batch taken from a topic:
+  1. decide, in memory (the handlers);
+  2. publish every output (transitions, assignments, dead letters, routing records) and WAIT
+     for the broker's acks;
+  3. only then write the changed state to the table's store and its changelog, on the
+     partition of the input record (never faust's "current event", which in a batch may be
+     another partition's: the take() pitfall);
+  4. take_events acks the batch; faust flushes the producer (changelog included) before it
+     commits offsets.
+A crash before 3 replays the batch against the old state: the same outputs with the same
+deterministic event ids, which consumers drop. A crash after 3 cannot lose outputs, because
+they were acknowledged first. So state never runs ahead of what was published.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaProducer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -30,7 +38,7 @@ from router import __version__
 from router.adapters.compacted_reader import CompactedTopicReader
 from router.adapters.topics import Topics
 from router.adapters.wire import decode
-from router.domain.events import NamedAccount
+from router.domain.events import NamedAccount, Rep
 from router.domain.rules import Rules
 from router.metrics import (
     BATCH_EVENTS,
@@ -39,12 +47,14 @@ from router.metrics import (
     READY,
     REGISTRY,
 )
-from router.service.qualifier import Qualifier, Record
+from router.service.qualifier import Output, Qualifier, Record
+from router.service.routing_stage import RoutingStage, forward_activity, tick
 from router.settings import Settings, bootstrap_servers
 
 log = logging.getLogger(__name__)
 
 STATE_TABLE = "lead-state"
+ROUTING_TABLE = "routing-state"
 PROMETHEUS_MEDIA_TYPE = CONTENT_TYPE_LATEST.split(";")[0]
 
 
@@ -81,8 +91,17 @@ class RouterApp:
             on_change=lambda _k, _v: NAMED_ACCOUNTS.set(len(self.accounts.values)),
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
+        self.reps: CompactedTopicReader[Rep] = CompactedTopicReader(
+            bootstrap_servers(settings.broker),
+            self.topics.reps,
+            lambda key, value: decode(Rep, None, value, rules),
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        )
         self.qualifier = Qualifier(
             rules, self.topics, __version__, lambda domain: domain in self.accounts.values
+        )
+        self.routing = RoutingStage(
+            rules, self.topics, __version__, self.reps.values, self.accounts.values
         )
         self.app = self._build()
 
@@ -131,37 +150,101 @@ class RouterApp:
         qualifier = self.qualifier
         accounts = self.accounts
 
+        routing_table = app.Table(
+            ROUTING_TABLE,
+            default=None,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=1,
+            help="Routing state: holdings, cursors, queues (router.domain.routing).",
+        )
+        routing_topic = app.topic(
+            self.topics.routing, key_type=bytes, value_type=bytes, partitions=1, internal=False
+        )
+        activity_topic = app.topic(
+            self.topics.activity, key_type=bytes, value_type=bytes, partitions=s.partitions
+        )
+        routing = self.routing
+        rules = self.rules
+        topics = self.topics
+
+        async def publish(outputs: list[Output]) -> None:
+            """Hand outputs to the producer and wait for the broker's acks (step 2 above)."""
+            producer = app.producer
+            pending = [
+                await producer.send(
+                    out.topic, out.key, out.value, partition=None, timestamp=None, headers=None
+                )
+                for out in outputs
+            ]
+            if pending:
+                await asyncio.gather(*pending)
+
+        def records_of(events: Any) -> list[Record]:
+            return [
+                Record(e.message.topic, e.message.partition, e.message.offset, e.message.key,
+                       e.message.value)
+                for e in events
+            ]
+
         @app.agent(inputs, name="qualify")
         async def qualify(stream: Any) -> None:
             await accounts.caught_up.wait()
             self.agent_started = True
             store: Any = table.data
-            producer: AIOKafkaProducer | None = None
             async for events in stream.take_events(batch_size, within=batch_wait):
                 started = time.perf_counter()
-                records = [
-                    Record(
-                        e.message.topic,
-                        e.message.partition,
-                        e.message.offset,
-                        e.message.key,
-                        e.message.value,
-                    )
-                    for e in events
-                ]
+                records = records_of(events)
                 result = qualifier.process(records, datetime.now(UTC), store.get)
+                await publish(result.outputs)
                 for key, (partition, value) in result.state_writes.items():
                     store[key] = value
                     store._key_partition[key] = partition
                     table.send_changelog(partition, key, value)
-                if producer is None:
-                    producer = app.producer
-                for out in result.outputs:
-                    await producer.send(
-                        out.topic, out.key, out.value, partition=None, timestamp=None, headers=None
-                    )
                 BATCH_EVENTS.observe(len(records))
                 BATCH_SECONDS.observe(time.perf_counter() - started)
+
+        @app.agent(activity_topic, name="activity")
+        async def activity(stream: Any) -> None:
+            async for events in stream.take_events(batch_size, within=batch_wait):
+                now = datetime.now(UTC)
+                await publish([
+                    forward_activity(r, rules, topics, now, __version__)
+                    for r in records_of(events)
+                ])
+
+        @app.agent(routing_topic, name="route")
+        async def route(stream: Any) -> None:
+            await accounts.caught_up.wait()
+            await self.reps.caught_up.wait()
+            store: Any = routing_table.data
+            async for events in stream.take_events(batch_size, within=batch_wait):
+                result = routing.process(records_of(events), datetime.now(UTC),
+                                         lambda: dict(store.items()))
+                await publish(result.outputs)
+                for key, value in result.state_writes.items():
+                    if value is None:
+                        store.pop(key, None)
+                        store._key_partition.pop(key, None)
+                    else:
+                        store[key] = value
+                        store._key_partition[key] = 0
+                    routing_table.send_changelog(0, key, value)
+
+        @app.on_partitions_revoked.connect
+        async def forget_routing_state(sender: Any, revoked: Any, **kwargs: Any) -> None:
+            # reloaded from the recovered table when this worker gets the partition again
+            if any(tp.topic == topics.routing for tp in revoked):
+                routing.state = None
+
+        @app.timer(interval=1.0, on_leader=True)
+        async def clock() -> None:
+            await app.producer.send(topics.routing, b"tick", tick(datetime.now(UTC)),
+                                    partition=None, timestamp=None, headers=None)
+
+        @app.task
+        async def load_reps() -> None:
+            await self.reps.run()
 
         @app.task
         async def load_accounts() -> None:
@@ -198,9 +281,15 @@ class RouterApp:
             "rebalancing": rebalancing,
             "named_accounts_loaded": self.accounts.caught_up.is_set(),
             "named_accounts": len(self.accounts.values),
+            "roster_loaded": self.reps.caught_up.is_set(),
+            "reps": len(self.reps.values),
             "consuming": self.agent_started,
         }
-        ready = recovered and not rebalancing and self.accounts.caught_up.is_set() and (
-            self.agent_started
+        ready = (
+            recovered
+            and not rebalancing
+            and self.accounts.caught_up.is_set()
+            and self.reps.caught_up.is_set()
+            and self.agent_started
         )
         return {"ready": ready, "rules_version": self.rules.version, **checks}

@@ -1,0 +1,216 @@
+"""The routing handler: every routing input in one ordered stream, decisions out.
+
+Inputs on the internal routing topic (one partition, so one decider at a time):
+  {"kind": "route", ...RouteRequest}       from the qualifier, when a lead becomes SQL
+  {"kind": "activity", "activity": {...}, "source": {...}}   sales activity, already validated
+  {"kind": "tick", "at": epoch}            the leader's clock, so time-based changes (a rep back
+                                           from out-of-office) drain queues in the same order
+Outputs: Assignment events, dead letters for activity from a rep who does not hold the lead,
+and the changed routing-state records. No Kafka here; the faust agent moves the bytes.
+
+Replays: the state carries the offset of the last routing record applied, written with the
+state itself. Records at or below it are skipped, so a replay after a crash never applies an
+activity twice (the adapter publishes outputs before it writes state, so skipped records'
+outputs are already on the broker).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from router.adapters.topics import Topics
+from router.adapters.wire import Refused, dead_letter, decode, encode
+from router.domain.events import Assignment, NamedAccount, Rep, SalesActivity, TraceEntry
+from router.domain.qualification import event_time_problem
+from router.domain.routing import (
+    Decision,
+    RouteRequest,
+    RoutingState,
+    apply_activity,
+    drain_queues,
+    holder_problem,
+    route,
+)
+from router.domain.rules import Rules
+from router.metrics import (
+    ASSIGNMENTS,
+    DEAD_LETTERS,
+    OPEN_LEADS,
+    QUEUED_LEADS,
+    ROUTING_LATENCY,
+)
+from router.service.qualifier import Output, Record
+
+log = logging.getLogger(__name__)
+
+OFFSET_KEY = "meta:offset"
+
+
+@dataclass(slots=True)
+class StageResult:
+    outputs: list[Output] = field(default_factory=list)
+    state_writes: dict[bytes, bytes | None] = field(default_factory=dict)
+    decisions: list[Decision] = field(default_factory=list)
+
+
+def forward_activity(record: Record, rules: Rules, topics: Topics, now: datetime,
+                     router_version: str) -> Output:
+    """sales.activity -> the routing stream (valid) or the dead-letter topic (invalid)."""
+    try:
+        activity = decode(SalesActivity, record.key, record.value, rules)
+        problem = event_time_problem(activity.occurred_at, now, rules)
+        if problem:
+            raise Refused("future_event", f"field 'occurred_at': {problem}")
+    except Refused as refused:
+        DEAD_LETTERS.labels(record.topic, refused.reason).inc()
+        letter = dead_letter(refused, topic=record.topic, partition=record.partition,
+                             offset=record.offset, key=record.key, value=record.value,
+                             received_at=now, router_version=router_version)
+        return Output(topics.deadletter, record.key, encode(letter))
+    source = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+              "value": record.value.decode() if record.value else None}
+    value = orjson.dumps({"kind": "activity", "activity": activity.model_dump(mode="json"),
+                          "source": source})
+    return Output(topics.routing, record.key, value)
+
+
+def tick(now: datetime) -> bytes:
+    return orjson.dumps({"kind": "tick", "at": now.timestamp()})
+
+
+class RoutingStage:
+    def __init__(
+        self,
+        rules: Rules,
+        topics: Topics,
+        router_version: str,
+        roster: Mapping[str, Rep],
+        accounts: Mapping[str, NamedAccount],
+    ) -> None:
+        self.rules = rules
+        self.topics = topics
+        self.router_version = router_version
+        self.roster = roster
+        self.accounts = accounts
+        self.state: RoutingState | None = None
+        self.applied_offset = -1
+
+    def load(self, records: Mapping[bytes, bytes]) -> None:
+        """Build the in-memory state from the recovered table (once per assignment)."""
+        decoded = {k.decode(): v for k, v in records.items() if v is not None}
+        offset = decoded.pop(OFFSET_KEY, None)
+        self.applied_offset = int(orjson.loads(offset)) if offset is not None else -1
+        self.state = RoutingState.load(decoded)
+        self._gauges()
+
+    def process(self, records: Sequence[Record], now: datetime,
+                load_state: Callable[[], Mapping[bytes, bytes]]) -> StageResult:
+        if self.state is None:
+            self.load(load_state())
+        state = self.state
+        assert state is not None
+        result = StageResult()
+        freed = False
+        last_offset = self.applied_offset
+        for record in records:
+            if record.offset <= self.applied_offset:
+                continue  # already applied before a crash; its outputs are on the broker
+            last_offset = max(last_offset, record.offset)
+            try:
+                raw: Any = orjson.loads(record.value or b"null")
+                kind = raw.get("kind") if isinstance(raw, dict) else None
+                if kind == "route":
+                    result.decisions += route(RouteRequest.from_json(raw), self.roster,
+                                              self.accounts, state, self.rules, now)
+                elif kind == "activity":
+                    freed |= self._activity(record, raw, now, result)
+                elif kind == "tick":
+                    freed = True  # time moved: someone may be back from out of office
+                else:
+                    raise ValueError(f"unknown routing record kind {kind!r}")
+            except Exception as exc:  # never stop the routing stream on one record
+                log.exception("routing record failed; sent to the dead-letter topic",
+                              extra={"offset": record.offset})
+                refused = Refused("internal_error", f"internal error: {type(exc).__name__}: {exc}")
+                result.outputs.append(self._dead_letter(record, refused, now, None))
+        if freed:
+            result.decisions += drain_queues(self.roster, self.accounts, state, self.rules, now)
+        for decision in result.decisions:
+            result.outputs.append(self._assignment(decision, now))
+        for key, value in state.flush().items():
+            result.state_writes[key.encode()] = value
+        if last_offset > self.applied_offset:
+            self.applied_offset = last_offset
+            result.state_writes[OFFSET_KEY.encode()] = orjson.dumps(last_offset)
+        self._gauges()
+        return result
+
+    def _activity(self, record: Record, raw: dict[str, Any], now: datetime,
+                  result: StageResult) -> bool:
+        state = self.state
+        assert state is not None
+        activity = SalesActivity.model_validate(raw["activity"])
+        problem = holder_problem(state, activity.lead_id, activity.rep_id)
+        if problem is not None:
+            result.outputs.append(
+                self._dead_letter(record, Refused("not_holder", problem), now, raw["source"]))
+            return False
+        freed = apply_activity(state, activity.lead_id, activity.rep_id, activity.type,
+                               activity.occurred_at)
+        return freed is not None
+
+    def _dead_letter(self, record: Record, refused: Refused, now: datetime,
+                     source: Mapping[str, Any] | None) -> Output:
+        topic = source["topic"] if source else record.topic
+        DEAD_LETTERS.labels(topic, refused.reason).inc()
+        value = source["value"].encode() if source and source.get("value") else record.value
+        letter = dead_letter(
+            refused,
+            topic=topic,
+            partition=source["partition"] if source else record.partition,
+            offset=source["offset"] if source else record.offset,
+            key=record.key,
+            value=value,
+            received_at=now,
+            router_version=self.router_version,
+        )
+        return Output(self.topics.deadletter, record.key, encode(letter))
+
+    def _assignment(self, d: Decision, now: datetime) -> Output:
+        ASSIGNMENTS.labels(d.pool, d.rule or "queued", d.type).inc()
+        if d.type != "lead.queued" and d.received_at:
+            ROUTING_LATENCY.observe(max(0.0, now.timestamp() - d.received_at))
+        event = Assignment.model_validate(
+            {
+                "event_id": d.event_id,
+                "type": d.type,
+                "lead_id": d.lead_id,
+                "cycle": d.cycle,
+                "rep_id": d.rep_id,
+                "pool": d.pool,
+                "rule": d.rule,
+                "trace": [TraceEntry(**entry) for entry in d.trace],
+                "sla": {"class": d.sla_class, "due_at": datetime.fromtimestamp(d.due_at, UTC)},
+                "router_version": self.router_version,
+                "rules_version": self.rules.version,
+                "emitted_at": now,
+            }
+        )
+        return Output(self.topics.assignments, d.lead_id.encode(), encode(event))
+
+    def _gauges(self) -> None:
+        state = self.state
+        if state is None:
+            return
+        OPEN_LEADS.clear()
+        for rep_id in self.roster:
+            OPEN_LEADS.labels(rep_id).set(state.open_count(rep_id))
+        QUEUED_LEADS.clear()
+        for pool, queue in state.queues.items():
+            QUEUED_LEADS.labels(pool).set(len(queue))
