@@ -1,8 +1,10 @@
 """`leadrouter bench-latency`: time from producing the triggering touchpoint to the `lead.sql`
-being readable by a consumer, one worker, at a fixed offered rate. A benchmark, not a test.
+and to the `lead.assigned` being readable by a consumer, one worker, at a fixed offered rate.
+A benchmark, not a test.
 
 Each sample is a distinct fit decision-maker lead whose profile was loaded beforehand; its one
-`demo_request` makes it SQL at once (direct path), so every touchpoint triggers one `lead.sql`.
+`demo_request` makes it SQL at once (direct path), so every touchpoint triggers one `lead.sql`,
+which the routing stage assigns to one of five reps with room for every sample.
 Times are taken in this process with a monotonic clock: before `send()` and on receipt by a
 plain aiokafka consumer (fetch_max_wait 100 ms, like the worker's).
 """
@@ -37,12 +39,17 @@ async def _measure(bootstrap: list[str], topics: Topics, samples: int, rate: flo
     run = uuid.uuid4().hex[:6]
     leads = [f"B-{run}-{i}" for i in range(samples)]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
-    consumer = AIOKafkaConsumer(topics.transitions, bootstrap_servers=bootstrap,
+    consumer = AIOKafkaConsumer(topics.transitions, topics.assignments,
+                                bootstrap_servers=bootstrap,
                                 auto_offset_reset="latest", fetch_max_wait_ms=100)
     await producer.start()
     await consumer.start()
     try:
         now = datetime.now(UTC).isoformat()
+        for i in range(5):
+            rep_id = f"BR-{run}-{i}"
+            rep = {"rep_id": rep_id, "pools": ["global"], "max_open_leads": samples}
+            await producer.send(topics.reps, orjson.dumps(rep), key=rep_id.encode())
         for lead in leads:
             profile = {"lead_id": lead, "updated_at": now, "seniority": "director",
                        "buying_role": "decision_maker",
@@ -53,19 +60,22 @@ async def _measure(bootstrap: list[str], topics: Topics, samples: int, rate: flo
         while not consumer.assignment():
             await asyncio.sleep(0.05)
         sent_at: dict[str, float] = {}
-        latencies: list[float] = []
+        latencies: dict[str, list[float]] = {"sql": [], "assigned": []}
 
         async def consume() -> None:
             deadline = time.monotonic() + samples / rate + 30
-            while len(latencies) < samples and time.monotonic() < deadline:
+            while len(latencies["assigned"]) < samples and time.monotonic() < deadline:
                 batches = await consumer.getmany(timeout_ms=200)
                 received = time.monotonic()
                 for records in batches.values():
                     for r in records:
-                        lead = r.key.decode() if r.key else ""
-                        start = sent_at.pop(lead, None)
-                        if start is not None and b'"lead.sql"' in r.value:
-                            latencies.append(received - start)
+                        start = sent_at.get(r.key.decode() if r.key else "")
+                        if start is None:
+                            continue
+                        if b'"lead.sql"' in r.value:
+                            latencies["sql"].append(received - start)
+                        elif b'"lead.assigned"' in r.value:
+                            latencies["assigned"].append(received - start)
 
         async def produce() -> None:
             interval = 1.0 / rate
@@ -82,25 +92,24 @@ async def _measure(bootstrap: list[str], topics: Topics, samples: int, rate: flo
     finally:
         await producer.stop()
         await consumer.stop()
-    if not latencies:
-        raise RuntimeError("no lead.sql arrived: is a worker running against this broker?")
-    ms = [x * 1000 for x in latencies]
-    return {
-        "samples": len(ms),
-        "lost": samples - len(ms),
-        "rate_per_s": rate,
-        "p50_ms": round(statistics.median(ms), 1),
-        "p95_ms": round(_percentile(ms, 0.95), 1),
-        "p99_ms": round(_percentile(ms, 0.99), 1),
-        "max_ms": round(max(ms), 1),
-    }
+    if not latencies["sql"] or not latencies["assigned"]:
+        raise RuntimeError("no lead.sql or lead.assigned arrived: is a worker running?")
+    out: dict[str, float] = {"samples": samples, "rate_per_s": rate}
+    for name, values in latencies.items():
+        ms = [x * 1000 for x in values]
+        out[f"{name}_received"] = len(ms)
+        out[f"{name}_p50_ms"] = round(statistics.median(ms), 1)
+        out[f"{name}_p95_ms"] = round(_percentile(ms, 0.95), 1)
+        out[f"{name}_p99_ms"] = round(_percentile(ms, 0.99), 1)
+        out[f"{name}_max_ms"] = round(max(ms), 1)
+    return out
 
 
 def run_latency_bench(samples: int, rate: float, broker: str | None) -> int:
     topics = Topics.with_prefix("")
     if broker is not None:
         result = asyncio.run(_measure(bootstrap_servers(broker), topics, samples, rate))
-        print(orjson.dumps({"bench": "touchpoint_to_sql_latency", **result}).decode())
+        print(orjson.dumps({"bench": "touchpoint_latency", **result}).decode())
         return 0
     workdir = Path(".leadrouter")
     workdir.mkdir(exist_ok=True)
@@ -115,8 +124,10 @@ def run_latency_bench(samples: int, rate: float, broker: str | None) -> int:
             return 1
         finally:
             worker.stop()
-    print(f"touchpoint -> lead.sql readable, one worker, embedded broker, {rate:.0f}/s offered:")
-    print(f"  samples {result['samples']} (lost {result['lost']})  p50 {result['p50_ms']} ms"
-          f"  p95 {result['p95_ms']} ms  p99 {result['p99_ms']} ms  max {result['max_ms']} ms")
-    print(orjson.dumps({"bench": "touchpoint_to_sql_latency", **result}).decode())
+    print(f"one worker, embedded broker, {rate:.0f} triggering touchpoints/s offered:")
+    for name in ("sql", "assigned"):
+        print(f"  touchpoint -> lead.{name:<8} readable: {result[name + '_received']:.0f}"
+              f"/{samples}  p50 {result[name + '_p50_ms']} ms  p95 {result[name + '_p95_ms']}"
+              f" ms  p99 {result[name + '_p99_ms']} ms  max {result[name + '_max_ms']} ms")
+    print(orjson.dumps({"bench": "touchpoint_latency", **result}).decode())
     return 0

@@ -58,15 +58,44 @@ def _why(event: dict[str, Any]) -> str:
     )
 
 
+def _assignment_line(event: dict[str, Any]) -> str:
+    due = event["sla"]["due_at"][11:19]
+    skipped = [f"{t['rep_id']} {t['skipped']}" for t in event["trace"]
+               if t.get("rep_id") and t.get("skipped")]
+    if event["type"] == "lead.queued":
+        return (f"QUEUED   {event['lead_id']:<8} in {event['pool']}: nobody eligible"
+                f" ({', '.join(skipped) or 'no reps'}); SLA {event['sla']['class']} due {due}Z")
+    label = "REASSIGN" if event["type"] == "lead.reassigned" else "ASSIGNED"
+    return (f"{label} {event['lead_id']:<8} -> {event['rep_id']} ({event['pool']},"
+            f" {event['rule']}); SLA {event['sla']['class']} due {due}Z"
+            + (f"; skipped {', '.join(skipped)}" if skipped else ""))
+
+
 class Dashboard:
     def __init__(self) -> None:
         self.stage: dict[str, str] = {}
         self.sql_paths: Counter[str] = Counter()
         self.dead: Counter[str] = Counter()
-        self.fresh: deque[str] = deque()
+        self.fresh: deque[str] = deque()  # lines to print once, at the next panel
         self.seen: set[str] = set()
         self.sent = 0
         self.first_sql_at: float | None = None
+        self.rules_used: Counter[str] = Counter()
+        self.queued: set[str] = set()
+        self.activity: Counter[str] = Counter()
+
+    def on_assignment(self, event: dict[str, Any]) -> bool:
+        """True for a first-seen assignment (the caller may simulate the rep's response)."""
+        if event["event_id"] in self.seen:
+            return False
+        self.seen.add(event["event_id"])
+        self.fresh.append(_assignment_line(event))
+        if event["type"] == "lead.queued":
+            self.queued.add(event["lead_id"])
+            return False
+        self.queued.discard(event["lead_id"])
+        self.rules_used[event["rule"]] += 1
+        return True
 
     def on_transition(self, event: dict[str, Any]) -> None:
         if event["event_id"] in self.seen:
@@ -75,13 +104,13 @@ class Dashboard:
         self.stage[event["lead_id"]] = event["to_stage"]
         if event["type"] == "lead.sql":
             self.sql_paths[event["path"]] += 1
-            self.fresh.append(_why(event))
+            self.fresh.append("SQL      " + _why(event))
             if self.first_sql_at is None:
                 self.first_sql_at = time.monotonic()
 
     def render(self, elapsed: float, total_leads: int) -> str:
         stages = Counter(self.stage.values())
-        lines = [f"  SQL {line}" for line in self.fresh]
+        lines = [f"  {line}" for line in self.fresh]
         self.fresh.clear()
         lines += [
             f"--- leadrouter demo, {elapsed:5.0f} s --- events sent {self.sent}"
@@ -89,6 +118,11 @@ class Dashboard:
             f" MQL {stages.get('mql', 0)}, SQL {stages.get('sql', 0)}"
             f" | SQL by path: "
             + (", ".join(f"{k} {v}" for k, v in sorted(self.sql_paths.items())) or "none yet")
+            + " | assigned: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(self.rules_used.items())) or "none yet")
+            + f" | queued now {len(self.queued)}"
+            + (f" | reps answered: {', '.join(f'{k} {v}' for k, v in self.activity.items())}"
+               if self.activity else "")
             + f" | dead letters {sum(self.dead.values())}"
             + (f" ({', '.join(f'{k} {v}' for k, v in self.dead.most_common())})"
                if self.dead else ""),
@@ -104,6 +138,7 @@ async def _run(broker: EmbeddedBroker, duration: float | None, rate: float, lead
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
     consumer = AIOKafkaConsumer(
         topics.transitions,
+        topics.assignments,
         topics.deadletter,
         bootstrap_servers=broker.bootstrap,
         auto_offset_reset="earliest",
@@ -115,6 +150,15 @@ async def _run(broker: EmbeddedBroker, duration: float | None, rate: float, lead
     try:
         for key, value in traffic.named_accounts():
             await producer.send_and_wait(topics.accounts, value, key=key)
+        for key, value in traffic.reps(datetime.now(UTC)):
+            await producer.send_and_wait(topics.reps, value, key=key)
+        responses: set[asyncio.Task[None]] = set()
+
+        async def respond_later(delay: float, key: bytes, activity: bytes) -> None:
+            await asyncio.sleep(delay)
+            if not stop.is_set():
+                await producer.send(topics.activity, activity, key=key)
+                board.activity[orjson.loads(activity)["type"]] += 1
 
         async def produce() -> None:
             interval = 1.0 / rate
@@ -132,10 +176,19 @@ async def _run(broker: EmbeddedBroker, duration: float | None, rate: float, lead
                 batches = await consumer.getmany(timeout_ms=300)
                 for tp, records in batches.items():
                     for r in records:
+                        value = orjson.loads(r.value)
                         if tp.topic == topics.deadletter:
-                            board.dead[orjson.loads(r.value)["reason"]] += 1
+                            board.dead[value["reason"]] += 1
+                        elif tp.topic == topics.assignments:
+                            if board.on_assignment(value):
+                                response = traffic.rep_response(value, datetime.now(UTC))
+                                if response is not None:
+                                    task = asyncio.create_task(
+                                        respond_later(response[0], r.key, response[1]))
+                                    responses.add(task)
+                                    task.add_done_callback(responses.discard)
                         else:
-                            board.on_transition(orjson.loads(r.value))
+                            board.on_transition(value)
 
         async def show() -> None:
             while not stop.is_set():
@@ -174,7 +227,9 @@ def run_demo(duration: float | None, rate: float, leads: int, web_port: int, see
         print(
             f"worker ready: {worker.base_url}/ready, {worker.base_url}/metrics."
             f" Sending ~{rate:.0f} events/s for {leads} synthetic leads. Ctrl-C to stop.\n"
-            "Each new SQL is printed once: lead, path, score, SLA class | why | who | hooks.",
+            "Each new SQL is printed once (lead, path, score, SLA class | why | who | hooks),"
+            " then its routing: ASSIGNED to a rep with the rule, or QUEUED with who was"
+            " skipped. Reps answer after a few seconds (accept or reject), freeing capacity.",
             flush=True,
         )
 

@@ -32,11 +32,36 @@ COMPANIES: list[tuple[str, str, int, str]] = [
     ("BigCo", "bigco.com", 15000, "manufacturing"),
     ("Northwind", "northwind.example", 140, "business_services"),
 ]
-NAMED_ACCOUNTS = [
+NAMED_ACCOUNTS = [  # R-05 is out of office: Hooli's leads go to its backup R-04
     {"account_domain": "bigco.com", "owner_rep_id": "R-03", "account_name": "BigCo"},
     {"account_domain": "hooli.com", "owner_rep_id": "R-05", "account_name": "Hooli"},
     {"account_domain": "stark-retail.com", "owner_rep_id": "R-08", "account_name": "Stark"},
 ]
+def _rep(rep_id: str, name: str, pools: list[str], languages: list[str], tz: str,
+         **extra: Any) -> dict[str, Any]:
+    return {"rep_id": rep_id, "name": name, "email": f"{rep_id.lower()}@vendor.example",
+            "pools": pools, "languages": languages, "timezone": tz, **extra}
+
+
+def roster(now: datetime) -> list[dict[str, Any]]:
+    """Several pools and languages, one rep out of office (with a backup), one nearly full."""
+    away = [{"start": _iso(now - timedelta(days=2)), "end": _iso(now + timedelta(days=5)),
+             "backup_rep_id": "R-04"}]
+    return [
+        _rep("R-01", "Maya Chen", ["NA"], ["en"], "America/New_York"),
+        _rep("R-02", "Tom Baker", ["NA"], ["en", "fr"], "America/Toronto", weight=2),
+        _rep("R-03", "Jonas Weber", ["EMEA"], ["de", "en"], "Europe/Berlin"),
+        _rep("R-04", "Lucia Ferri", ["EMEA"], ["it", "en", "es"], "Europe/Rome"),
+        _rep("R-05", "Ana Ruiz", ["EMEA"], ["es", "en"], "Europe/Madrid", out_of_office=away),
+        _rep("R-06", "Pierre Dubois", ["EMEA"], ["fr", "en"], "Europe/Paris",
+             max_open_leads=3),
+        _rep("R-07", "Joao Costa", ["LATAM"], ["pt", "es"], "America/Sao_Paulo"),
+        _rep("R-08", "Hana Sato", ["APAC"], ["ja", "en"], "Asia/Tokyo"),
+        _rep("R-09", "Ravi Iyer", ["APAC"], ["en", "hi"], "Asia/Kolkata"),
+        _rep("R-10", "Sam Global", ["global"], ["en"], "UTC"),
+    ]
+
+
 PEOPLE = [
     ("Ana Ruiz", "es", "ES"), ("Jonas Weber", "de", "DE"), ("Maya Patel", "en", "US"),
     ("Luc Martin", "fr", "FR"), ("Sofia Rossi", "it", "IT"), ("Kenji Sato", "ja", "JP"),
@@ -121,6 +146,35 @@ class TrafficGenerator:
 
     def named_accounts(self) -> list[tuple[bytes, bytes]]:
         return [(a["account_domain"].encode(), orjson.dumps(a)) for a in NAMED_ACCOUNTS]
+
+    def reps(self, now: datetime) -> list[tuple[bytes, bytes]]:
+        return [(r["rep_id"].encode(), orjson.dumps(r)) for r in roster(now)]
+
+    def rep_response(self, assignment: dict[str, Any], now: datetime
+                     ) -> tuple[float, bytes] | None:
+        """How a rep reacts to a new lead: (seconds until it acts, activity), or None.
+
+        Most accept after a short while (freeing their slot); some reject with a reason;
+        a few sit on the lead. The SLA issue builds the fuller simulation on this."""
+        roll = self.rng.random()
+        if roll < 0.65:
+            kind, reason = "accepted", None
+        elif roll < 0.8:
+            kind = "rejected"
+            reason = self.rng.choice(["bad_timing", "no_budget", "wrong_role", "could_not_reach"])
+        else:
+            return None
+        delay = self.rng.uniform(2.0, 12.0)
+        activity: dict[str, Any] = {
+            "event_id": f"sa-{assignment['event_id']}",
+            "lead_id": assignment["lead_id"],
+            "rep_id": assignment["rep_id"],
+            "type": kind,
+            "occurred_at": _iso(now + timedelta(seconds=delay)),
+        }
+        if reason:
+            activity["reason"] = reason
+        return delay, orjson.dumps(activity)
 
     def next_events(self, now: datetime) -> list[tuple[str, bytes, bytes]]:
         """The next (kind, key, value) events; kind is 'touchpoint' or 'profile'."""

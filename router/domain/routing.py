@@ -436,8 +436,8 @@ def decide_route(
     trace: list[dict[str, str]] = []
     choice = _named_account(request, roster, accounts, state, rules, now, trace, exclude)
     pool = territory_pool(request, rules)
-    if choice is not None:
-        return choice, pool, trace
+    if choice is not None:  # reported under the rep's own (first) pool, where it works
+        return choice, (choice.rep.pools[0] if choice.rep.pools else pool), trace
     if pool != rules.routing.fallback_pool and not pool_members(pool, roster):
         trace.append({"skipped": "pool_without_reps",
                       "detail": f"pool {pool} has no active reps; using"
