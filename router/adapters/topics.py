@@ -29,6 +29,8 @@ class Topics:
     deadletter: str
     # internal: every routing input (SQLs, sales activity, clock ticks) in one ordered stream
     routing: str
+    # internal: routing -> qualification, "sales recycled this lead" (co-partitioned by lead)
+    recycle: str
 
     @classmethod
     def with_prefix(cls, prefix: str = "") -> Topics:
@@ -43,6 +45,7 @@ class Topics:
             sla=f"{prefix}leads.sla",
             deadletter=f"{prefix}leads.deadletter",
             routing=f"{prefix}leadrouter-routing",
+            recycle=f"{prefix}leadrouter-recycle",
         )
 
     @property
@@ -61,6 +64,7 @@ class Topics:
             self.sla,
             self.deadletter,
             self.routing,
+            self.recycle,
         ]
 
     def partitions(self, name: str, default: int) -> int:

@@ -186,7 +186,7 @@ class OutOfOffice(_Input):
     backup_rep_id: NonEmptyStr | None = None
 
 
-HHMM = Annotated[str, Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")]
+HHMM = Annotated[str, Field(pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$")]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
@@ -206,6 +206,18 @@ class Rep(_Input):
     max_open_leads: Annotated[int, Field(ge=0, strict=True)] = 30
     weight: Annotated[int, Field(ge=1, le=100, strict=True)] = 1
     timezone: str = "UTC"
+
+    @field_validator("working_hours")
+    @classmethod
+    def _hours_make_sense(
+        cls, value: dict[Weekday, tuple[str, str]]
+    ) -> dict[Weekday, tuple[str, str]]:
+        for day, (start, end) in value.items():
+            if start >= end:
+                raise ValueError(f"{day}: start {start} is not before end {end}")
+        if not value:
+            raise ValueError("at least one working day is needed (SLA deadlines count in it)")
+        return value
 
     @field_validator("timezone")
     @classmethod

@@ -64,6 +64,7 @@ class LeadState:
     profile_ts: float | None = None
     account: tuple[float, str] | None = None  # (occurred_at, domain) of the newest touch naming one
     last_trigger: str | None = None
+    cycle_start: float | None = None  # touchpoints before this belong to an earlier cycle
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -81,6 +82,7 @@ class LeadState:
                 "pt": self.profile_ts,
                 "a": self.account,
                 "lt": self.last_trigger,
+                "cs": self.cycle_start,
             }
         )
 
@@ -106,6 +108,7 @@ class LeadState:
             profile_ts=raw["pt"],
             account=(raw["a"][0], raw["a"][1]) if raw["a"] is not None else None,
             last_trigger=raw.get("lt"),
+            cycle_start=raw.get("cs"),
         )
 
 
@@ -212,6 +215,8 @@ def record_touchpoint(
     ts = tp.occurred_at.timestamp()
     if state.newest_ts is not None and ts < state.newest_ts - rules.window_seconds:
         return False  # belongs only to windows that have already passed
+    if state.cycle_start is not None and ts < state.cycle_start:
+        return False  # counted in the cycle that sales has already recycled
     touch: Touch = (ts, tp.event_id, tp.type.value, _topic_of(tp))
     changed = _insert_top(state.recent, touch, recent_capacity(rules))
     if tp.type in INTENT_TYPES and _newer(state.last_intent, touch):
@@ -603,6 +608,55 @@ def apply_profile(state: LeadState, profile: LeadProfile, ctx: Context) -> list[
     if not record_profile(state, profile):
         return []
     return decide(state, profile_trigger(profile), profile.updated_at, ctx)
+
+
+def recycled_id(lead_id: str, cycle: int) -> str:
+    return f"{lead_id}:c{cycle}:recycled"
+
+
+def apply_recycle(
+    state: LeadState,
+    cycle: int,
+    reason: str,
+    trigger: str,
+    occurred_at: datetime,
+    ctx: Context,
+) -> list[Transition]:
+    """Sales rejected or released the lead: back to nurture, and a fresh cycle (SPEC §2.2).
+
+    The new cycle starts empty: touchpoints before `occurred_at` stay with the old cycle, so
+    the lead qualifies again only on new engagement. The profile and account are kept.
+    A repeat (the same cycle recycled twice) changes nothing.
+    """
+    if state.cycle != cycle or state.stage is Stage.NEW:
+        return []
+    a = assess(state, ctx.rules, ctx.is_named_account)
+    event = Transition(
+        event_id=recycled_id(state.lead_id, cycle),
+        type="lead.recycled",
+        lead_id=state.lead_id,
+        cycle=cycle,
+        from_stage=state.stage,
+        to_stage=Stage.NEW,
+        path=None,
+        triggered_by=trigger,
+        occurred_at=occurred_at,
+        criteria={"recycled_because": reason},
+        score=score(a, ctx.rules),
+        handover=None,
+        router_version=ctx.router_version,
+        rules_version=ctx.rules.version,
+        emitted_at=ctx.emitted_at,
+    )
+    state.cycle = cycle + 1
+    state.stage = Stage.NEW
+    state.cycle_start = occurred_at.timestamp()
+    state.recent = []
+    state.pricing = []
+    state.last_intent = None
+    state.last_tts = None
+    state.last_trigger = trigger
+    return [event]
 
 
 def event_time_problem(occurred_at: datetime, now: datetime, rules: Rules) -> str | None:

@@ -314,7 +314,7 @@ def sla_deadline(sla_class: SlaClass, started: datetime, rep: Rep | None, rules:
     budget = timedelta(hours=rules.sla.behavioural_business_hours)
     if rep is not None:
         hours: dict[str, tuple[str, str]] = {str(k): v for k, v in rep.working_hours.items()}
-        return add_business_time(started, budget, hours, rep.timezone)
+        return add_business_time(started, budget, hours, rep.timezone)  # Rep checks its hours
     return add_business_time(
         started, budget, rules.sla.default_working_hours, rules.sla.default_timezone
     )

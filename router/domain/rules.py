@@ -134,7 +134,7 @@ class InputRules(_Section):
 
 CountryCode = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
 PoolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-HourMinute = Annotated[str, Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")]
+HourMinute = Annotated[str, Field(pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$")]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -220,6 +220,8 @@ class SlaRules(_Section):
                 raise ValueError(f"unknown weekday {day!r} (use {', '.join(WEEKDAYS)})")
             if start >= end:
                 raise ValueError(f"{day}: start {start} is not before end {end}")
+        if not value:
+            raise ValueError("at least one working day is needed (SLA deadlines count in it)")
         return value
 
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -29,6 +30,7 @@ from router.domain.qualification import (
     LeadState,
     account_domain,
     apply_profile,
+    apply_recycle,
     apply_touchpoint,
     sla_class,
     transition_id,
@@ -147,13 +149,18 @@ class Qualifier:
         states: dict[bytes, tuple[int, LeadState]],
         load_state: Callable[[bytes], bytes | None],
     ) -> list[Transition]:
-        event: Touchpoint | LeadProfile
+        event: Touchpoint | LeadProfile | dict[str, Any]
         if record.topic == self.topics.touchpoints:
             event = decode_touchpoint(record.key, record.value, self.rules, now)
-        else:
+        elif record.topic == self.topics.profiles:
             event = decode_profile(record.key, record.value, self.rules, now)
+        else:  # our own routing stage: {"kind": "recycle", ...}
+            event = orjson.loads(record.value or b"null")
+            if not isinstance(event, dict) or event.get("kind") != "recycle":
+                raise ValueError(f"unexpected record on {record.topic}")
         key = record.key
-        assert key is not None  # decode() refuses keyless records
+        if key is None:
+            raise Refused("missing_key", "message has no key (the key must be the lead_id)")
         held = states.get(key)
         if held is None:
             raw = load_state(key)
@@ -164,8 +171,17 @@ class Qualifier:
         if isinstance(event, Touchpoint):
             TOUCHPOINTS.labels(event.type.value).inc()
             return apply_touchpoint(state, event, ctx)
-        PROFILES.inc()
-        return apply_profile(state, event, ctx)
+        if isinstance(event, LeadProfile):
+            PROFILES.inc()
+            return apply_profile(state, event, ctx)
+        return apply_recycle(
+            state,
+            cycle=int(event["cycle"]),
+            reason=str(event["reason"]),
+            trigger=str(event["trigger"]),
+            occurred_at=datetime.fromisoformat(event["occurred_at"]),
+            ctx=ctx,
+        )
 
     def _dead_letter(self, record: Record, refused: Refused, now: datetime) -> Output:
         DEAD_LETTERS.labels(record.topic, refused.reason).inc()

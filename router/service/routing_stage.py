@@ -101,6 +101,20 @@ class RoutingStage:
         self.state: RoutingState | None = None
         self.applied_offset = -1
 
+    def on_roster_change(self, rep_id: str, rep: Rep | None) -> None:
+        """Say so when a rep who still holds open leads leaves the roster or goes inactive:
+        its leads stay assigned (nothing is moved silently) until the rep dispositions or
+        releases them; see the README's "Roster changes"."""
+        if self.state is None or (rep is not None and rep.active):
+            return
+        open_leads = self.state.open_count(rep_id)
+        if open_leads:
+            log.warning(
+                "rep left the roster or went inactive while holding open leads",
+                extra={"rep_id": rep_id, "open_leads": open_leads,
+                       "change": "removed" if rep is None else "inactive"},
+            )
+
     def load(self, records: Mapping[bytes, bytes]) -> None:
         """Build the in-memory state from the recovered table (once per assignment)."""
         decoded = {k.decode(): v for k, v in records.items() if v is not None}
@@ -116,12 +130,12 @@ class RoutingStage:
         state = self.state
         assert state is not None
         result = StageResult()
-        freed = False
         last_offset = self.applied_offset
         for record in records:
             if record.offset <= self.applied_offset:
                 continue  # already applied before a crash; its outputs are on the broker
             last_offset = max(last_offset, record.offset)
+            freed = False
             try:
                 raw: Any = orjson.loads(record.value or b"null")
                 kind = raw.get("kind") if isinstance(raw, dict) else None
@@ -129,7 +143,7 @@ class RoutingStage:
                     result.decisions += route(RouteRequest.from_json(raw), self.roster,
                                               self.accounts, state, self.rules, now)
                 elif kind == "activity":
-                    freed |= self._activity(record, raw, now, result)
+                    freed = self._activity(record, raw, now, result)
                 elif kind == "tick":
                     freed = True  # time moved: someone may be back from out of office
                 else:
@@ -139,8 +153,11 @@ class RoutingStage:
                               extra={"offset": record.offset})
                 refused = Refused("internal_error", f"internal error: {type(exc).__name__}: {exc}")
                 result.outputs.append(self._dead_letter(record, refused, now, None))
-        if freed:
-            result.decisions += drain_queues(self.roster, self.accounts, state, self.rules, now)
+            if freed:
+                # drain before the next record: a queued lead takes a freed slot ahead of an SQL
+                # that arrives after it (arrival order), however the records are batched
+                result.decisions += drain_queues(self.roster, self.accounts, state, self.rules,
+                                                 now)
         for decision in result.decisions:
             result.outputs.append(self._assignment(decision, now))
         for key, value in state.flush().items():

@@ -1,7 +1,8 @@
 """The faust worker: thin adapters that feed the handlers and publish what they decide.
 
 Agents (all at-least-once):
-  qualify   leads.touchpoints + leads.profiles (N partitions) -> router.service.qualifier
+  qualify   leads.touchpoints + leads.profiles + the internal recycle topic (N partitions,
+            co-partitioned by lead) -> router.service.qualifier
   activity  sales.activity -> validated onto the routing stream (or the dead-letter topic)
   route     the internal routing stream (ONE partition: one decider, so round-robin cursors,
             open-lead counts and queues are exact with any number of workers)
@@ -95,6 +96,7 @@ class RouterApp:
             bootstrap_servers(settings.broker),
             self.topics.reps,
             lambda key, value: decode(Rep, None, value, rules),
+            on_change=lambda rep_id, rep: self.routing.on_roster_change(rep_id, rep),
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
         self.qualifier = Qualifier(
@@ -139,6 +141,7 @@ class RouterApp:
         inputs = app.topic(
             self.topics.touchpoints,
             self.topics.profiles,
+            self.topics.recycle,
             key_type=bytes,
             value_type=bytes,
             key_serializer="raw",
