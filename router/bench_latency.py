@@ -22,9 +22,8 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from router.adapters.embedded_broker import EmbeddedBroker, free_port
 from router.adapters.topics import Topics
-from router.local import WorkerProcess
+from router.local import local_router
 from router.settings import bootstrap_servers
 
 
@@ -111,19 +110,12 @@ def run_latency_bench(samples: int, rate: float, broker: str | None) -> int:
         result = asyncio.run(_measure(bootstrap_servers(broker), topics, samples, rate))
         print(orjson.dumps({"bench": "touchpoint_latency", **result}).decode())
         return 0
-    workdir = Path(".leadrouter")
-    workdir.mkdir(exist_ok=True)
-    with EmbeddedBroker(log_path=workdir / "bench-broker.log") as embedded:
-        worker = WorkerProcess(embedded.url, workdir / "bench-worker.log", web_port=free_port())
-        try:
-            worker.start()
-            worker.wait_ready(90)
+    try:
+        with local_router(Path(".leadrouter"), "bench") as (embedded, _worker):
             result = asyncio.run(_measure([embedded.bootstrap], topics, samples, rate))
-        except (RuntimeError, TimeoutError) as exc:
-            print(f"bench-latency: {exc}\n{worker.log_tail()}", file=sys.stderr)
-            return 1
-        finally:
-            worker.stop()
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"bench-latency: {exc} (logs in .leadrouter/)", file=sys.stderr)
+        return 1
     print(f"one worker, embedded broker, {rate:.0f} triggering touchpoints/s offered:")
     for name in ("sql", "assigned"):
         print(f"  touchpoint -> lead.{name:<8} readable: {result[name + '_received']:.0f}"

@@ -91,6 +91,13 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
     return run_latency_bench(samples=args.samples, rate=args.rate, broker=args.broker)
 
 
+def _cmd_bench_sla(args: argparse.Namespace) -> int:
+    from router.bench_sla import run_sla_bench
+
+    return run_sla_bench(timers=args.timers, budget_seconds=args.budget_seconds,
+                         spread_seconds=args.spread_seconds)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from router.settings import add_arguments
 
@@ -137,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=200.0, help="triggering touchpoints per second")
     p.add_argument("--broker", default=None, help="existing broker URL (with a running worker)")
     p.set_defaults(func=_cmd_bench_latency)
+
+    p = sub.add_parser("bench-sla", help="delay from SLA deadline to sla.breached (embedded)")
+    p.add_argument("--timers", type=int, default=300)
+    p.add_argument("--budget-seconds", type=float, default=10.0)
+    p.add_argument("--spread-seconds", type=float, default=10.0)
+    p.set_defaults(func=_cmd_bench_sla)
     return parser
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter, deque
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,26 @@ class Dashboard:
         self.sent = 0
         self.first_sql_at: float | None = None
         self.rules_used: Counter[str] = Counter()
+        self.sla: Counter[str] = Counter()
+        self.rejections: Counter[str] = Counter()
         self.queued: set[str] = set()
         self.activity: Counter[str] = Counter()
+
+    def on_sla(self, event: dict[str, Any]) -> None:
+        if event["event_id"] in self.seen:
+            return
+        self.seen.add(event["event_id"])
+        kind = event["type"].removeprefix("sla.")
+        self.sla[kind] += 1
+        if kind == "breached":
+            self.fresh.append(f"BREACHED {event['lead_id']:<8} {event['rep_id'] or 'queue'}"
+                              f" ({event['sla_class']}, due {event['due_at'][11:19]}Z):"
+                              f" {event.get('detail') or ''}")
+
+    def on_transition_recycled(self, event: dict[str, Any]) -> None:
+        because = event["criteria"].get("recycled_because", "")
+        self.rejections[because.partition(": ")[2] or because] += 1
+        self.fresh.append(f"RECYCLED {event['lead_id']:<8} back to nurture ({because})")
 
     def on_assignment(self, event: dict[str, Any]) -> bool:
         """True for a first-seen assignment (the caller may simulate the rep's response)."""
@@ -102,6 +121,8 @@ class Dashboard:
             return  # at-least-once: drop repeats by event_id
         self.seen.add(event["event_id"])
         self.stage[event["lead_id"]] = event["to_stage"]
+        if event["type"] == "lead.recycled":
+            self.on_transition_recycled(event)
         if event["type"] == "lead.sql":
             self.sql_paths[event["path"]] += 1
             self.fresh.append("SQL      " + _why(event))
@@ -123,6 +144,10 @@ class Dashboard:
             + f" | queued now {len(self.queued)}"
             + (f" | reps answered: {', '.join(f'{k} {v}' for k, v in self.activity.items())}"
                if self.activity else "")
+            + (f" | SLA: {', '.join(f'{k} {v}' for k, v in sorted(self.sla.items()))}"
+               if self.sla else "")
+            + (f" | recycled: {', '.join(f'{k} {v}' for k, v in self.rejections.most_common())}"
+               if self.rejections else "")
             + f" | dead letters {sum(self.dead.values())}"
             + (f" ({', '.join(f'{k} {v}' for k, v in self.dead.most_common())})"
                if self.dead else ""),
@@ -139,6 +164,7 @@ async def _run(broker: EmbeddedBroker, duration: float | None, rate: float, lead
     consumer = AIOKafkaConsumer(
         topics.transitions,
         topics.assignments,
+        topics.sla,
         topics.deadletter,
         bootstrap_servers=broker.bootstrap,
         auto_offset_reset="earliest",
@@ -154,11 +180,12 @@ async def _run(broker: EmbeddedBroker, duration: float | None, rate: float, lead
             await producer.send_and_wait(topics.reps, value, key=key)
         responses: set[asyncio.Task[None]] = set()
 
-        async def respond_later(delay: float, key: bytes, activity: bytes) -> None:
+        async def respond_later(delay: float, key: bytes, activity: dict[str, Any]) -> None:
             await asyncio.sleep(delay)
             if not stop.is_set():
-                await producer.send(topics.activity, activity, key=key)
-                board.activity[orjson.loads(activity)["type"]] += 1
+                activity["occurred_at"] = datetime.now(UTC).isoformat()
+                await producer.send(topics.activity, orjson.dumps(activity), key=key)
+                board.activity[activity["type"]] += 1
 
         async def produce() -> None:
             interval = 1.0 / rate
@@ -181,12 +208,15 @@ async def _run(broker: EmbeddedBroker, duration: float | None, rate: float, lead
                             board.dead[value["reason"]] += 1
                         elif tp.topic == topics.assignments:
                             if board.on_assignment(value):
-                                response = traffic.rep_response(value, datetime.now(UTC))
-                                if response is not None:
+                                due = datetime.fromisoformat(value["sla"]["due_at"])
+                                budget = max(5.0, (due - datetime.now(UTC)).total_seconds())
+                                for delay, activity in traffic.rep_response(value, budget):
                                     task = asyncio.create_task(
-                                        respond_later(response[0], r.key, response[1]))
+                                        respond_later(delay, r.key, activity))
                                     responses.add(task)
                                     task.add_done_callback(responses.discard)
+                        elif tp.topic == topics.sla:
+                            board.on_sla(value)
                         else:
                             board.on_transition(value)
 
@@ -218,7 +248,8 @@ def run_demo(duration: float | None, rate: float, leads: int, web_port: int, see
         broker.url,
         workdir / "demo-worker.log",
         web_port=web_port,
-        env={"LEADROUTER_DATA_DIR": str(workdir / "data")},
+        env={"LEADROUTER_DATA_DIR": str(workdir / "data"),
+             "LEADROUTER_RULES": str(resources.files("router") / "demo_rules.yaml")},
     )
     try:
         worker.start()
@@ -229,7 +260,9 @@ def run_demo(duration: float | None, rate: float, leads: int, web_port: int, see
             f" Sending ~{rate:.0f} events/s for {leads} synthetic leads. Ctrl-C to stop.\n"
             "Each new SQL is printed once (lead, path, score, SLA class | why | who | hooks),"
             " then its routing: ASSIGNED to a rep with the rule, or QUEUED with who was"
-            " skipped. Reps answer after a few seconds (accept or reject), freeing capacity.",
+            " skipped. Demo rules: high-intent SLA 30 s (not 5 min), so breaches show live."
+            " Reps touch most leads in time, some late or never; then accept, reject with a"
+            " reason, or release (recycled back to nurture).",
             flush=True,
         )
 

@@ -14,13 +14,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from router.adapters.embedded_broker import free_port
+from router.adapters.embedded_broker import EmbeddedBroker, free_port
 
 
 @dataclass
@@ -105,3 +106,18 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+@contextlib.contextmanager
+def local_router(workdir: Path, name: str, env: dict[str, str] | None = None,
+                 ready_timeout: float = 90) -> Iterator[tuple[EmbeddedBroker, WorkerProcess]]:
+    """An embedded broker and one ready worker, both stopped on exit (benchmarks use it)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with EmbeddedBroker(log_path=workdir / f"{name}-broker.log") as broker:
+        worker = WorkerProcess(broker.url, workdir / f"{name}-worker.log", env=env or {})
+        try:
+            worker.start()
+            worker.wait_ready(ready_timeout)
+            yield broker, worker
+        finally:
+            worker.stop()

@@ -79,3 +79,28 @@ QUEUED_LEADS = Gauge(
     ["pool"],
     registry=REGISTRY,
 )
+SLA_OUTCOMES = Counter(
+    "leadrouter_sla_events_total",
+    "SLA warnings, breaches and met first touches, by SLA class and pool.",
+    ["type", "sla_class", "pool"],
+    registry=REGISTRY,
+)
+RESPONSE_SECONDS = Histogram(
+    "leadrouter_first_touch_response_seconds",
+    "From assignment (or queueing) to the holder's first touch, wall-clock seconds.",
+    ["sla_class"],
+    buckets=(30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400),
+    registry=REGISTRY,
+)
+REJECTIONS = Counter(
+    "leadrouter_rejections_total",
+    "Leads sales rejected, by structured reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+RECYCLED = Counter(
+    "leadrouter_recycled_total",
+    "Leads sent back to nurture, by what recycled them.",
+    ["because"],
+    registry=REGISTRY,
+)

@@ -150,31 +150,41 @@ class TrafficGenerator:
     def reps(self, now: datetime) -> list[tuple[bytes, bytes]]:
         return [(r["rep_id"].encode(), orjson.dumps(r)) for r in roster(now)]
 
-    def rep_response(self, assignment: dict[str, Any], now: datetime
-                     ) -> tuple[float, bytes] | None:
-        """How a rep reacts to a new lead: (seconds until it acts, activity), or None.
+    def rep_response(self, assignment: dict[str, Any], sla_seconds: float
+                     ) -> list[tuple[float, dict[str, Any]]]:
+        """How the rep reacts to a new lead: [(seconds from now, activity), ...].
 
-        Most accept after a short while (freeing their slot); some reject with a reason;
-        a few sit on the lead. The SLA issue builds the fuller simulation on this."""
-        roll = self.rng.random()
-        if roll < 0.65:
-            kind, reason = "accepted", None
-        elif roll < 0.8:
-            kind = "rejected"
-            reason = self.rng.choice(["bad_timing", "no_budget", "wrong_role", "could_not_reach"])
+        Most touch the lead inside the SLA budget, some too late, some never (so the SLA
+        breaches and, for high-intent leads, the lead is reassigned). After the first touch
+        most accept, some reject with a structured reason (the lead is recycled)."""
+        rng = self.rng
+        lead, rep = assignment["lead_id"], assignment["rep_id"]
+        base = f"sa-{assignment['event_id']}"
+        roll = rng.random()
+        if roll < 0.7:
+            touch_after = rng.uniform(0.1, 0.7) * sla_seconds
+        elif roll < 0.85:
+            touch_after = rng.uniform(1.1, 1.5) * sla_seconds
         else:
-            return None
-        delay = self.rng.uniform(2.0, 12.0)
-        activity: dict[str, Any] = {
-            "event_id": f"sa-{assignment['event_id']}",
-            "lead_id": assignment["lead_id"],
-            "rep_id": assignment["rep_id"],
-            "type": kind,
-            "occurred_at": _iso(now + timedelta(seconds=delay)),
-        }
-        if reason:
-            activity["reason"] = reason
-        return delay, orjson.dumps(activity)
+            return []  # never touched
+
+        def activity(kind: str, after: float, **extra: str) -> tuple[float, dict[str, Any]]:
+            # occurred_at is stamped when the activity is actually sent
+            return after, {"event_id": f"{base}-{kind}", "lead_id": lead, "rep_id": rep,
+                           "type": kind, **extra}
+
+        out = [activity("first_touch", touch_after)]
+        decide_after = touch_after + rng.uniform(2.0, 8.0)
+        roll = rng.random()
+        if roll < 0.6:
+            out.append(activity("accepted", decide_after))
+        elif roll < 0.85:
+            reason = rng.choice(["bad_timing", "no_budget", "wrong_role", "could_not_reach",
+                                 "competitor"])
+            out.append(activity("rejected", decide_after, reason=reason))
+        else:
+            out.append(activity("released", decide_after))
+        return out
 
     def next_events(self, now: datetime) -> list[tuple[str, bytes, bytes]]:
         """The next (kind, key, value) events; kind is 'touchpoint' or 'profile'."""

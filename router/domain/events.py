@@ -386,6 +386,11 @@ class SlaEvent(_Emitted):
     due_at: Timestamp
     occurred_at: Timestamp
     response_seconds: Annotated[float, Field(ge=0)] | None = None
+    detail: str | None = Field(
+        default=None, description="What happened, e.g. 'nobody else is eligible; the lead stays"
+        " with R-07' or 'no first touch by R-07; reassigned to R-09'.")
+    reassigned_to: str | None = Field(
+        default=None, description="On a breach: the rep the lead was reassigned to, if any.")
 
 
 class DeadLetter(_Output):

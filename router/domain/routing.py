@@ -94,6 +94,15 @@ class Holding:
     first_touch_at: float | None = None
     request: RouteRequest | None = None
     ended_by: str | None = None  # the activity that ended this cycle's holding (rejected, ...)
+    warn_at: float = 0.0  # when the SLA warning is due (warning_fraction of the budget)
+    warned: bool = False
+    breached: bool = False
+    breached_by: tuple[str, ...] = ()  # reps that let this lead's clock run out this cycle
+
+    @property
+    def clock_running(self) -> bool:
+        """The SLA clock runs from assignment until first touch, a breach, or the end."""
+        return self.first_touch_at is None and self.ended_by is None and not self.breached
 
 
 @dataclass(slots=True)
@@ -102,6 +111,9 @@ class Queued:
     pool: str
     queued_at: float
     due_at: float
+    warn_at: float = 0.0
+    warned: bool = False
+    breached: bool = False
 
 
 @dataclass(slots=True)
@@ -134,6 +146,7 @@ class RoutingState:
     cursors: dict[str, tuple[str, int]] = field(default_factory=dict)
     queues: dict[str, list[Queued]] = field(default_factory=dict)
     open_by_rep: dict[str, set[str]] = field(default_factory=dict)  # derived from holdings
+    timed: set[str] = field(default_factory=set)  # derived: leads whose SLA clock runs
     dirty: set[str] = field(default_factory=set)  # storage keys changed since the last flush
 
     # ---- derived index -------------------------------------------------------------------
@@ -144,8 +157,19 @@ class RoutingState:
     def _index(self, h: Holding) -> None:
         if h.open:
             self.open_by_rep.setdefault(h.rep_id, set()).add(h.lead_id)
+        if h.clock_running:
+            self.timed.add(h.lead_id)
+
+    def touched(self, h: Holding) -> None:
+        """Record a change to `h` (SLA flags, first touch): storage and the clock index."""
+        if h.clock_running:
+            self.timed.add(h.lead_id)
+        else:
+            self.timed.discard(h.lead_id)
+        self.dirty.add(f"lead:{h.lead_id}")
 
     def _unindex(self, h: Holding) -> None:
+        self.timed.discard(h.lead_id)
         leads = self.open_by_rep.get(h.rep_id)
         if leads is not None:
             leads.discard(h.lead_id)
@@ -170,7 +194,7 @@ class RoutingState:
         h.open = False
         if ended_by is not None:
             h.ended_by = ended_by
-        self.dirty.add(f"lead:{lead_id}")
+        self.touched(h)
         return h
 
     def is_queued(self, lead_id: str, cycle: int) -> bool:
@@ -223,6 +247,8 @@ def _holding_json(h: Holding) -> dict[str, Any]:
         "first_touch_at": h.first_touch_at,
         "request": h.request.to_json() if h.request else None,
         "ended_by": h.ended_by,
+        "warn_at": h.warn_at, "warned": h.warned, "breached": h.breached,
+        "breached_by": list(h.breached_by),
     }
 
 
@@ -234,17 +260,21 @@ def _holding_from(raw: Mapping[str, Any]) -> Holding:
         first_touch_at=raw.get("first_touch_at"),
         request=RouteRequest.from_json(raw["request"]) if raw.get("request") else None,
         ended_by=raw.get("ended_by"),
+        warn_at=raw.get("warn_at", 0.0), warned=raw.get("warned", False),
+        breached=raw.get("breached", False), breached_by=tuple(raw.get("breached_by", ())),
     )
 
 
 def _queued_json(q: Queued) -> dict[str, Any]:
     return {"request": q.request.to_json(), "pool": q.pool, "queued_at": q.queued_at,
-            "due_at": q.due_at}
+            "due_at": q.due_at, "warn_at": q.warn_at, "warned": q.warned,
+            "breached": q.breached}
 
 
 def _queued_from(raw: Mapping[str, Any]) -> Queued:
     return Queued(RouteRequest.from_json(raw["request"]), raw["pool"], raw["queued_at"],
-                  raw["due_at"])
+                  raw["due_at"], raw.get("warn_at", 0.0), raw.get("warned", False),
+                  raw.get("breached", False))
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,11 +337,13 @@ def pool_members(pool: str, roster: Mapping[str, Rep]) -> list[Rep]:
     )
 
 
-def sla_deadline(sla_class: SlaClass, started: datetime, rep: Rep | None, rules: Rules
-                 ) -> datetime:
+def sla_deadline(sla_class: SlaClass, started: datetime, rep: Rep | None, rules: Rules,
+                 fraction: float = 1.0) -> datetime:
+    """When `fraction` of the SLA budget has passed (1.0: the deadline; the warning uses
+    `sla.warning_fraction`). Behavioural budgets count in the rep's working hours."""
     if sla_class is SlaClass.HIGH_INTENT:
-        return started + timedelta(minutes=rules.sla.high_intent_minutes)
-    budget = timedelta(hours=rules.sla.behavioural_business_hours)
+        return started + timedelta(minutes=rules.sla.high_intent_minutes * fraction)
+    budget = timedelta(hours=rules.sla.behavioural_business_hours * fraction)
     if rep is not None:
         hours: dict[str, tuple[str, str]] = {str(k): v for k, v in rep.working_hours.items()}
         return add_business_time(started, budget, hours, rep.timezone)  # Rep checks its hours
@@ -474,27 +506,38 @@ def route(
     ts = now.timestamp()
     if choice is None:
         due = sla_deadline(request.sla_class, now, None, rules)
-        state.queues.setdefault(pool, []).append(Queued(request, pool, ts, due.timestamp()))
+        warn = sla_deadline(request.sla_class, now, None, rules, rules.sla.warning_fraction)
+        state.queues.setdefault(pool, []).append(
+            Queued(request, pool, ts, due.timestamp(), warn.timestamp()))
         state.dirty.add(f"queue:{pool}")
         trace.append({"skipped": "nobody_eligible", "detail": f"queued in {pool}"})
         return [Decision("lead.queued", request.lead_id, request.cycle, 0, None, pool, None,
                          trace, request.sla_class, ts, due.timestamp(), request.received_at)]
-    return [_assign(state, request, choice, pool, trace, rules, started=now, seq=1,
+    return [assign_lead(state, request, choice, pool, trace, rules, started=now, seq=1,
                     kind="lead.assigned")]
 
 
-def _assign(state: RoutingState, request: RouteRequest, choice: _Choice, pool: str,
+def assign_lead(state: RoutingState, request: RouteRequest, choice: _Choice, pool: str,
             trace: list[dict[str, str]], rules: Rules, *, started: datetime, seq: int,
-            kind: str) -> Decision:
+            kind: str, rule: str | None = None, breached_by: tuple[str, ...] = (),
+            from_queue: Queued | None = None) -> Decision:
+    """Give the lead to the chosen rep; the previous holder (if any) loses its slot."""
     _commit_choice(state, choice)
     due = sla_deadline(request.sla_class, started, choice.rep, rules)
+    warn = sla_deadline(request.sla_class, started, choice.rep, rules,
+                        rules.sla.warning_fraction)
+    rule = rule or choice.rule
     state.hold(Holding(
         lead_id=request.lead_id, cycle=request.cycle, rep_id=choice.rep.rep_id, pool=pool,
-        rule=choice.rule, seq=seq, sla_class=request.sla_class,
+        rule=rule, seq=seq, sla_class=request.sla_class,
         started_at=started.timestamp(), due_at=due.timestamp(), request=request,
+        warn_at=warn.timestamp(), breached_by=breached_by,
+        # a clock that already warned or ran out in the queue does not fire again
+        warned=from_queue.warned if from_queue else False,
+        breached=from_queue.breached if from_queue else False,
     ))
     return Decision(kind, request.lead_id, request.cycle, seq, choice.rep.rep_id, pool,
-                    choice.rule, trace, request.sla_class, started.timestamp(),
+                    rule, trace, request.sla_class, started.timestamp(),
                     due.timestamp(), request.received_at)
 
 
@@ -527,8 +570,8 @@ def drain_queues(
             budget -= 1
             trace.append({"detail": "from the queue of " + pool})
             started = datetime.fromtimestamp(q.queued_at, UTC)
-            out.append(_assign(state, q.request, choice, chosen_pool, trace, rules,
-                               started=started, seq=1, kind="lead.assigned"))
+            out.append(assign_lead(state, q.request, choice, chosen_pool, trace, rules,
+                               started=started, seq=1, kind="lead.assigned", from_queue=q))
         if len(remaining) != len(queue):
             state.dirty.add(f"queue:{pool}")
             if remaining:
@@ -550,6 +593,15 @@ def holder_problem(state: RoutingState, lead_id: str, rep_id: str) -> str | None
     return None
 
 
+def record_first_touch(state: RoutingState, h: Holding, touched: datetime) -> bool:
+    """Only the first contact attempt counts; it stops the SLA clock. False for a repeat."""
+    if h.first_touch_at is not None:
+        return False
+    h.first_touch_at = touched.timestamp()
+    state.touched(h)
+    return True
+
+
 def apply_activity(state: RoutingState, lead_id: str, rep_id: str, kind: SalesActivityType,
                    occurred_at: datetime) -> Holding | None:
     """Capacity accounting for a rep's action on a lead it holds (checked by holder_problem).
@@ -558,9 +610,7 @@ def apply_activity(state: RoutingState, lead_id: str, rep_id: str, kind: SalesAc
     h = state.holdings[lead_id]
     assert h.rep_id == rep_id
     if kind is SalesActivityType.FIRST_TOUCH:
-        if h.first_touch_at is None:
-            h.first_touch_at = occurred_at.timestamp()
-            state.dirty.add(f"lead:{lead_id}")
+        record_first_touch(state, h, occurred_at)  # the SLA outcome: router.domain.sla
         return None
     if kind not in CLOSING_ACTIVITY:
         return None

@@ -26,7 +26,15 @@ import orjson
 
 from router.adapters.topics import Topics
 from router.adapters.wire import Refused, dead_letter, decode, encode
-from router.domain.events import Assignment, NamedAccount, Rep, SalesActivity, TraceEntry
+from router.domain.events import (
+    Assignment,
+    NamedAccount,
+    Rep,
+    SalesActivity,
+    SalesActivityType,
+    SlaEvent,
+    TraceEntry,
+)
 from router.domain.qualification import event_time_problem
 from router.domain.routing import (
     Decision,
@@ -38,18 +46,29 @@ from router.domain.routing import (
     route,
 )
 from router.domain.rules import Rules
+from router.domain.sla import SlaOutcome, check_clocks, first_touch
 from router.metrics import (
     ASSIGNMENTS,
     DEAD_LETTERS,
     OPEN_LEADS,
     QUEUED_LEADS,
+    RECYCLED,
+    REJECTIONS,
+    RESPONSE_SECONDS,
     ROUTING_LATENCY,
+    SLA_OUTCOMES,
 )
 from router.service.qualifier import Output, Record
 
 log = logging.getLogger(__name__)
 
 OFFSET_KEY = "meta:offset"
+# SPEC §2.2 and the SLA issue: a rejection or a release sends the lead back to nurture
+RECYCLING_ACTIVITY = frozenset({SalesActivityType.REJECTED, SalesActivityType.RELEASED})
+
+
+def _at(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
 
 
 @dataclass(slots=True)
@@ -145,6 +164,10 @@ class RoutingStage:
                 elif kind == "activity":
                     freed = self._activity(record, raw, now, result)
                 elif kind == "tick":
+                    outcomes, decisions = check_clocks(state, self.roster, self.accounts,
+                                                       self.rules, now)
+                    result.outputs += [self._sla_event(o, now) for o in outcomes]
+                    result.decisions += decisions
                     freed = True  # time moved: someone may be back from out of office
                 else:
                     raise ValueError(f"unknown routing record kind {kind!r}")
@@ -178,9 +201,51 @@ class RoutingStage:
             result.outputs.append(
                 self._dead_letter(record, Refused("not_holder", problem), now, raw["source"]))
             return False
+        if activity.type is SalesActivityType.FIRST_TOUCH:
+            outcome = first_touch(state, state.holdings[activity.lead_id], activity.occurred_at)
+            if outcome is not None:
+                result.outputs.append(self._sla_event(outcome, now))
+            return False
+        holding = state.holdings[activity.lead_id]
         freed = apply_activity(state, activity.lead_id, activity.rep_id, activity.type,
                                activity.occurred_at)
+        if activity.type in RECYCLING_ACTIVITY:
+            # back to nurture: the qualifier (which owns stage and cycle) emits lead.recycled
+            because = activity.type.value
+            if activity.reason is not None:
+                REJECTIONS.labels(activity.reason.value).inc()
+                because += f": {activity.reason.value}"
+            RECYCLED.labels(activity.type.value).inc()
+            recycle = {"kind": "recycle", "lead_id": activity.lead_id, "cycle": holding.cycle,
+                       "reason": because, "trigger": activity.event_id,
+                       "occurred_at": activity.occurred_at.isoformat()}
+            result.outputs.append(
+                Output(self.topics.recycle, activity.lead_id.encode(), orjson.dumps(recycle)))
         return freed is not None
+
+    def _sla_event(self, o: SlaOutcome, now: datetime) -> Output:
+        SLA_OUTCOMES.labels(o.type, o.sla_class.value, o.pool).inc()
+        if o.response_seconds is not None:
+            RESPONSE_SECONDS.labels(o.sla_class.value).observe(o.response_seconds)
+        event = SlaEvent(
+            event_id=o.event_id,
+            type=o.type,  # type: ignore[arg-type]
+            lead_id=o.lead_id,
+            cycle=o.cycle,
+            rep_id=o.rep_id,
+            pool=o.pool,
+            sla_class=o.sla_class,
+            started_at=_at(o.started_at),
+            due_at=_at(o.due_at),
+            occurred_at=_at(o.occurred_at),
+            response_seconds=o.response_seconds,
+            detail=o.detail,
+            reassigned_to=o.reassigned_to,
+            router_version=self.router_version,
+            rules_version=self.rules.version,
+            emitted_at=now,
+        )
+        return Output(self.topics.sla, o.lead_id.encode(), encode(event))
 
     def _dead_letter(self, record: Record, refused: Refused, now: datetime,
                      source: Mapping[str, Any] | None) -> Output:
@@ -213,7 +278,7 @@ class RoutingStage:
                 "pool": d.pool,
                 "rule": d.rule,
                 "trace": [TraceEntry(**entry) for entry in d.trace],
-                "sla": {"class": d.sla_class, "due_at": datetime.fromtimestamp(d.due_at, UTC)},
+                "sla": {"class": d.sla_class, "due_at": _at(d.due_at)},
                 "router_version": self.router_version,
                 "rules_version": self.rules.version,
                 "emitted_at": now,

@@ -113,9 +113,10 @@ async def wait_processed(broker: EmbeddedBroker, group: str, sent: RecordMetadat
 
 
 async def collect(broker: EmbeddedBroker, topic: str, until: Any, timeout: float = 30.0,
-                  settle: float = 1.0) -> list[dict[str, Any]]:
+                  settle: float = 1.0, keep_repeats: bool = False) -> list[dict[str, Any]]:
     """Read `topic` from the beginning until `until(records)` holds (then `settle` s more,
-    to catch anything extra), or `timeout` passes. Returns decoded values, repeats dropped."""
+    to catch anything extra), or `timeout` passes. Returns decoded values; repeated event_ids
+    are dropped (as a consumer of an at-least-once stream does) unless `keep_repeats`."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=100,
                                 enable_auto_commit=False)
@@ -131,7 +132,7 @@ async def collect(broker: EmbeddedBroker, topic: str, until: Any, timeout: float
                 for r in records:
                     value = orjson.loads(r.value)
                     ident = value.get("event_id") or f"{r.partition}:{r.offset}"
-                    if ident in seen:
+                    if ident in seen and not keep_repeats:
                         continue
                     seen.add(ident)
                     value["_key"] = r.key.decode() if r.key is not None else None

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from router.adapters.topics import Topics
-from router.domain.events import Assignment, DeadLetter, NamedAccount, Rep, SlaClass
+from router.domain.events import Assignment, DeadLetter, NamedAccount, Rep, SlaClass, SlaEvent
 from router.domain.routing import RouteRequest
 from router.domain.rules import load_rules
 from router.service.qualifier import Output, Record
@@ -83,6 +83,10 @@ def run(s: RoutingStage, records: Sequence[Record], now: datetime = NOW,
             assert out.key == body["lead_id"].encode()
             Assignment.model_validate(body)  # what we publish is what the schema describes
             assignments.append(body)
+        elif out.topic == TOPICS.sla:
+            SlaEvent.model_validate(body)  # SLA outcomes: tests/unit/test_sla.py
+        elif out.topic == TOPICS.recycle:
+            assert body["kind"] == "recycle" and out.key == body["lead_id"].encode()
         else:
             assert out.topic == TOPICS.deadletter, out.topic
             DeadLetter.model_validate(body)
