@@ -624,8 +624,9 @@ def apply_recycle(
 ) -> list[Transition]:
     """Sales rejected or released the lead: back to nurture, and a fresh cycle (SPEC §2.2).
 
-    The new cycle starts empty: touchpoints before `occurred_at` stay with the old cycle, so
-    the lead qualifies again only on new engagement. The profile and account are kept.
+    The new cycle starts empty: touchpoints before `occurred_at`, and every touchpoint already
+    seen (a redelivery after a crash must not count again in the new cycle), stay with the old
+    cycle, so the lead qualifies again only on new engagement. The profile and account are kept.
     A repeat (the same cycle recycled twice) changes nothing.
     """
     if state.cycle != cycle or state.stage is Stage.NEW:
@@ -651,6 +652,8 @@ def apply_recycle(
     state.cycle = cycle + 1
     state.stage = Stage.NEW
     state.cycle_start = occurred_at.timestamp()
+    if state.newest_ts is not None:  # the touchpoints forgotten below must not come back
+        state.cycle_start = max(state.cycle_start, math.nextafter(state.newest_ts, math.inf))
     state.recent = []
     state.pricing = []
     state.last_intent = None

@@ -380,7 +380,7 @@ def _named_account(
         return None
     if owner.rep_id in exclude:
         trace.append({"rep_id": owner.rep_id, "skipped": "excluded",
-                      "detail": f"owner of {account.account_domain}, breached or released"})
+                      "detail": f"owner of {account.account_domain}, breached this lead"})
         return None
     reason = skip_reason(owner, state, now, check_capacity)
     if reason is None:
@@ -418,6 +418,14 @@ def _round_robin(
     exclude: frozenset[str],
 ) -> _Choice | None:
     candidates = pool_members(pool, roster)
+    if exclude:
+        # reps who breached this lead are out before the language filter: a breached lead is
+        # better served by another rep of the pool than by nobody (SPEC §5)
+        for rep in candidates:
+            if rep.rep_id in exclude:
+                trace.append({"rep_id": rep.rep_id, "skipped": "excluded",
+                              "detail": "breached this lead's SLA"})
+        candidates = [r for r in candidates if r.rep_id not in exclude]
     group = "*"
     rule = "fallback" if pool == rules.routing.fallback_pool else "round_robin"
     if request.language:
@@ -441,10 +449,6 @@ def _round_robin(
         if turns < held.weight:  # weighted reps take `weight` consecutive turns
             order = [held] + [r for r in order if r.rep_id != last]
     for rep in order:
-        if rep.rep_id in exclude:
-            trace.append({"rep_id": rep.rep_id, "skipped": "excluded",
-                          "detail": "breached or released this lead"})
-            continue
         reason = skip_reason(rep, state, now)
         if reason is not None:
             trace.append({"rep_id": rep.rep_id, "skipped": reason[0], "detail": reason[1]})
