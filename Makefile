@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit integration schemas bench-latency bench-sla clean
+.PHONY: demo test lint typecheck unit integration schemas bench-latency bench-sla chaos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "leadrouter needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -38,6 +38,9 @@ schemas: $(STAMP)
 
 bench-latency: $(STAMP)
 	$(BIN)/leadrouter bench-latency $(BENCH_ARGS)
+
+chaos: $(STAMP)
+	$(BIN)/leadrouter chaos
 
 bench-sla: $(STAMP)
 	$(BIN)/leadrouter bench-sla $(BENCH_ARGS)

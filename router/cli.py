@@ -98,6 +98,18 @@ def _cmd_bench_sla(args: argparse.Namespace) -> int:
                          spread_seconds=args.spread_seconds)
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from router.verify import run_verify
+
+    return run_verify(args.broker, args.topic_prefix, args.rules, args.json)
+
+
+def _cmd_chaos(args: argparse.Namespace) -> int:
+    from router.chaos import main as chaos_main
+
+    return chaos_main(full=not args.short, rate=args.rate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from router.settings import add_arguments
 
@@ -144,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=200.0, help="triggering touchpoints per second")
     p.add_argument("--broker", default=None, help="existing broker URL (with a running worker)")
     p.set_defaults(func=_cmd_bench_latency)
+
+    p = sub.add_parser("verify", help="check a run's outputs against its inputs (exit 1 on"
+                       " any violation)")
+    p.add_argument("--broker", default="kafka://127.0.0.1:9092")
+    p.add_argument("--topic-prefix", default="")
+    p.add_argument("--rules", default=None, help="the rules file the workers ran with")
+    p.add_argument("--json", action="store_true", help="also print a JSON summary line")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("chaos", help="fault injection under traffic, then verify (embedded)")
+    p.add_argument("--short", action="store_true", help="only kill/restart and add a worker")
+    p.add_argument("--rate", type=float, default=60.0, help="touchpoints per second")
+    p.set_defaults(func=_cmd_chaos)
 
     p = sub.add_parser("bench-sla", help="delay from SLA deadline to sla.breached (embedded)")
     p.add_argument("--timers", type=int, default=300)

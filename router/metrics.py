@@ -104,3 +104,8 @@ RECYCLED = Counter(
     ["because"],
     registry=REGISTRY,
 )
+PARTITIONS_UNSTALLED = Counter(
+    "leadrouter_partitions_unstalled_total",
+    "Assigned partitions faust had silently stopped fetching, put back by the stall guard.",
+    registry=REGISTRY,
+)

@@ -37,6 +37,9 @@ REFUSAL_REASONS = (
 
 # An oversized input must not make an oversized dead letter (brokers cap messages near 1 MB).
 DEAD_LETTER_VALUE_LIMIT = 64 * 1024
+# Nor an oversized key: a valid key is a lead_id (at most 256 characters), so a longer one is
+# always refused, and only its start is kept (in the letter and as the letter's message key).
+DEAD_LETTER_KEY_LIMIT = 1024
 
 
 class Refused(Exception):
@@ -154,6 +157,11 @@ def _text_or_base64(
         return base64.b64encode(data).decode("ascii"), "base64"
 
 
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The message key of a dead letter: the refused record's key, cut to a bounded size."""
+    return key[:DEAD_LETTER_KEY_LIMIT] if key is not None else None
+
+
 def dead_letter(
     refused: Refused,
     *,
@@ -169,6 +177,7 @@ def dead_letter(
     if truncated:
         value = value[:DEAD_LETTER_VALUE_LIMIT]  # type: ignore[index]
     text, encoding = _text_or_base64(value, truncated)
+    key = dead_letter_key(key)
     key_text = key.decode("utf-8", "replace") if key is not None else None
     return DeadLetter(
         source_topic=topic,

@@ -42,6 +42,10 @@ def parse_rfc3339(value: Any) -> datetime:
         raise ValueError(f"expected an RFC 3339 timestamp string, got {type(value).__name__}")
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValueError("timestamp has no UTC offset (add Z or +hh:mm)")
+    try:  # e.g. 0001-01-01T00:00:00+01:00 is year 0 in UTC: every output would fail to format
+        parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp is outside years 1-9999 once converted to UTC") from None
     return parsed
 
 

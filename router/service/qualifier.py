@@ -20,6 +20,7 @@ from router.adapters.topics import Topics
 from router.adapters.wire import (
     Refused,
     dead_letter,
+    dead_letter_key,
     decode_profile,
     decode_touchpoint,
     encode,
@@ -195,4 +196,4 @@ class Qualifier:
             received_at=now,
             router_version=self.router_version,
         )
-        return Output(self.topics.deadletter, record.key, encode(letter))
+        return Output(self.topics.deadletter, dead_letter_key(record.key), encode(letter))

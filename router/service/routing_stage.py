@@ -25,7 +25,14 @@ from typing import Any
 import orjson
 
 from router.adapters.topics import Topics
-from router.adapters.wire import Refused, dead_letter, decode, encode
+from router.adapters.wire import (
+    DEAD_LETTER_VALUE_LIMIT,
+    Refused,
+    dead_letter,
+    dead_letter_key,
+    decode,
+    encode,
+)
 from router.domain.events import (
     Assignment,
     NamedAccount,
@@ -91,9 +98,13 @@ def forward_activity(record: Record, rules: Rules, topics: Topics, now: datetime
         letter = dead_letter(refused, topic=record.topic, partition=record.partition,
                              offset=record.offset, key=record.key, value=record.value,
                              received_at=now, router_version=router_version)
-        return Output(topics.deadletter, record.key, encode(letter))
+        return Output(topics.deadletter, dead_letter_key(record.key), encode(letter))
+    # Only what a not_holder dead letter can keep (dead_letter() cuts the value to
+    # DEAD_LETTER_VALUE_LIMIT bytes and marks it truncated): the whole value of a 1 MiB input,
+    # escaped once more, would make a routing record over the producer's request-size limit.
+    kept = record.value[: DEAD_LETTER_VALUE_LIMIT + 4] if record.value else None
     source = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
-              "value": record.value.decode() if record.value else None}
+              "value": kept.decode("utf-8", "ignore") if kept else None}
     value = orjson.dumps({"kind": "activity", "activity": activity.model_dump(mode="json"),
                           "source": source})
     return Output(topics.routing, record.key, value)
@@ -262,7 +273,7 @@ class RoutingStage:
             received_at=now,
             router_version=self.router_version,
         )
-        return Output(self.topics.deadletter, record.key, encode(letter))
+        return Output(self.topics.deadletter, dead_letter_key(record.key), encode(letter))
 
     def _assignment(self, d: Decision, now: datetime) -> Output:
         ASSIGNMENTS.labels(d.pool, d.rule or "queued", d.type).inc()

@@ -33,6 +33,7 @@ from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router import __version__
@@ -51,6 +52,7 @@ from router.metrics import (
 from router.service.qualifier import Output, Qualifier, Record
 from router.service.routing_stage import RoutingStage, forward_activity, tick
 from router.settings import Settings, bootstrap_servers
+from router.worker.stall_guard import StallGuard
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,10 @@ class RouterApp:
         self.routing = RoutingStage(
             rules, self.topics, __version__, self.reps.values, self.accounts.values
         )
+        self.stall_guard = StallGuard([
+            self.topics.touchpoints, self.topics.profiles, self.topics.recycle,
+            self.topics.activity, self.topics.routing,
+        ])
         self.app = self._build()
 
     def _build(self) -> faust.App:
@@ -161,11 +167,15 @@ class RouterApp:
             partitions=1,
             help="Routing state: holdings, cursors, queues (router.domain.routing).",
         )
+        # raw bytes in: we decode (and dead-letter) ourselves; faust's own JSON codec would
+        # drop an undecodable record silently and stop the agent
         routing_topic = app.topic(
-            self.topics.routing, key_type=bytes, value_type=bytes, partitions=1, internal=False
+            self.topics.routing, key_type=bytes, value_type=bytes, key_serializer="raw",
+            value_serializer="raw", partitions=1, internal=False,
         )
         activity_topic = app.topic(
-            self.topics.activity, key_type=bytes, value_type=bytes, partitions=s.partitions
+            self.topics.activity, key_type=bytes, value_type=bytes, key_serializer="raw",
+            value_serializer="raw", partitions=s.partitions,
         )
         routing = self.routing
         rules = self.rules
@@ -183,12 +193,22 @@ class RouterApp:
             if pending:
                 await asyncio.gather(*pending)
 
-        def records_of(events: Any) -> list[Record]:
+        def owned_records(events: Any) -> list[Record]:
+            """Records of partitions this worker still owns. A take() buffer can hold events
+            fetched before a rebalance moved their partition away; processing them here too
+            would write state for a partition another worker now owns ("zombie" changelog
+            writes that a later recovery would replay over newer state). The new owner
+            replays them from the committed offset instead."""
+            owned = app.consumer.assignment()
             return [
                 Record(e.message.topic, e.message.partition, e.message.offset, e.message.key,
                        e.message.value)
                 for e in events
+                if e.message.tp in owned
             ]
+
+        def still_owned(topic: str, partition: int) -> bool:
+            return TP(topic, partition) in app.consumer.assignment()
 
         @app.agent(inputs, name="qualify")
         async def qualify(stream: Any) -> None:
@@ -197,10 +217,14 @@ class RouterApp:
             store: Any = table.data
             async for events in stream.take_events(batch_size, within=batch_wait):
                 started = time.perf_counter()
-                records = records_of(events)
+                records = owned_records(events)
+                if not records:
+                    continue
                 result = qualifier.process(records, datetime.now(UTC), store.get)
                 await publish(result.outputs)
                 for key, (partition, value) in result.state_writes.items():
+                    if not still_owned(topics.touchpoints, partition):
+                        continue  # revoked while publishing: the new owner replays it
                     store[key] = value
                     store._key_partition[key] = partition
                     table.send_changelog(partition, key, value)
@@ -213,7 +237,7 @@ class RouterApp:
                 now = datetime.now(UTC)
                 await publish([
                     forward_activity(r, rules, topics, now, __version__)
-                    for r in records_of(events)
+                    for r in owned_records(events)
                 ])
 
         @app.agent(routing_topic, name="route")
@@ -222,9 +246,15 @@ class RouterApp:
             await self.reps.caught_up.wait()
             store: Any = routing_table.data
             async for events in stream.take_events(batch_size, within=batch_wait):
-                result = routing.process(records_of(events), datetime.now(UTC),
+                records = owned_records(events)
+                if not records or (routing.state is None and not still_owned(topics.routing, 0)):
+                    continue
+                result = routing.process(records, datetime.now(UTC),
                                          lambda: dict(store.items()))
                 await publish(result.outputs)
+                if not still_owned(topics.routing, 0):
+                    routing.state = None  # revoked meanwhile: reload if it comes back
+                    continue
                 for key, value in result.state_writes.items():
                     if value is None:
                         store.pop(key, None)
@@ -244,6 +274,12 @@ class RouterApp:
         async def clock() -> None:
             await app.producer.send(topics.routing, b"tick", tick(datetime.now(UTC)),
                                     partition=None, timestamp=None, headers=None)
+
+        guard = self.stall_guard
+
+        @app.timer(interval=5.0)
+        async def guard_partitions() -> None:
+            guard.check(app)
 
         @app.task
         async def load_reps() -> None:
@@ -287,6 +323,7 @@ class RouterApp:
             "roster_loaded": self.reps.caught_up.is_set(),
             "reps": len(self.reps.values),
             "consuming": self.agent_started,
+            "partitions_unstalled": self.stall_guard.unstalled,
         }
         ready = (
             recovered

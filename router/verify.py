@@ -1,0 +1,362 @@
+"""`leadrouter verify`: an independent oracle for a run (SPEC §6).
+
+Reads every input and output topic from the beginning, replays the inputs through the pure
+rules offline, and checks the outputs after dropping repeated event ids:
+
+1. qualification: each lead (in its first cycle) reached exactly the stage the rules call for
+   (SQL iff the rules say SQL; MQL without SQL iff they say MQL); nothing else was emitted;
+2. a repeated event id always carries the same decision (a replay never changed its mind);
+3. every SQL ended assigned or queued; no lead has two `lead.assigned` in one cycle (a new rep
+   only by `lead.reassigned`);
+4. no rep above `max_open_leads` through round-robin along the assignment stream;
+5. every assignment whose deadline has passed has an SLA outcome (met or breached) or was
+   closed by sales first;
+6. every dead letter names an input that exists, with its key.
+
+Order-dependent decisions (which rep, MQL-before-SQL) are checked for their invariants, not for
+one exact order. Capacity is replayed with activity counted at its produce time, which is no
+later than when the router applied it: the check can miss a violation but never invent one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from router import __version__
+from router.adapters.topics import Topics
+from router.adapters.wire import Refused, decode
+from router.domain.events import LeadProfile, NamedAccount, Rep, Stage, Touchpoint
+from router.domain.qualification import Context, LeadState, apply_profile, apply_touchpoint
+from router.domain.rules import Rules, load_rules
+from router.settings import bootstrap_servers
+
+ROUND_ROBIN_RULES = frozenset({"round_robin", "language_round_robin", "fallback",
+                               "reassign_after_breach"})
+CLOSING = frozenset({"accepted", "rejected", "disqualified", "converted", "released"})
+SLA_GRACE_SECONDS = 5.0
+
+
+async def read_topic(bootstrap: list[str], topic: str, timeout: float = 60.0
+                     ) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of `topic`, up to the high watermark seen by the first fetches."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=100, max_partition_fetch_bytes=8 << 20)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if parts is None:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[ConsumerRecord[bytes, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=300, max_records=50_000)
+            for records in batches.values():
+                out.extend(records)
+            done = True
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is None or await consumer.position(tp) < hw:
+                    done = False
+            if done:
+                return out
+        raise TimeoutError(f"could not read {topic} to its end within {timeout:.0f} s")
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class Report:
+    counts: Counter[str] = field(default_factory=Counter)
+    repeats: Counter[str] = field(default_factory=Counter)
+    violations: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def violation(self, text: str) -> None:
+        self.violations.append(text)
+
+    def render(self) -> str:
+        lines = ["leadrouter verify"]
+        lines.append("  read: " + ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())))
+        lines.append("  repeated event ids dropped: "
+                     + (", ".join(f"{k} {v}" for k, v in sorted(self.repeats.items()))
+                        or "none"))
+        lines.extend(f"  note: {n}" for n in self.notes)
+        if self.violations:
+            lines.append(f"  VIOLATIONS ({len(self.violations)}):")
+            lines.extend(f"    - {v}" for v in self.violations[:200])
+        else:
+            lines.append("  violations: 0")
+        return "\n".join(lines)
+
+    def summary(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "repeats_dropped": dict(self.repeats),
+                "violations": len(self.violations)}
+
+
+def _dedupe(report: Report, name: str, records: list[ConsumerRecord[bytes, bytes]],
+            decision_keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Drop repeated event ids (as consumers do), checking that a repeat decided the same."""
+    seen: dict[str, dict[str, Any]] = {}
+    out: list[dict[str, Any]] = []
+    for r in records:
+        event = orjson.loads(r.value)
+        event["_ts"] = r.timestamp / 1000.0
+        ident = event["event_id"]
+        first = seen.get(ident)
+        if first is None:
+            seen[ident] = event
+            out.append(event)
+            continue
+        report.repeats[name] += 1
+        changed = [k for k in decision_keys if first.get(k) != event.get(k)]
+        if changed:
+            report.violation(f"{name}: {ident} repeated with a different {', '.join(changed)}"
+                             f" ({first.get(changed[0])!r} then {event.get(changed[0])!r})")
+    report.counts[name] = len(out)
+    return out
+
+
+def _refused_inputs(letters: list[dict[str, Any]]) -> set[tuple[str, int, int]]:
+    return {(d["source_topic"], d["partition"], d["offset"]) for d in letters}
+
+
+def check_qualification(report: Report, rules: Rules, topics: Topics,
+                        touchpoints: list[ConsumerRecord[bytes, bytes]],
+                        profiles: list[ConsumerRecord[bytes, bytes]],
+                        accounts: dict[str, NamedAccount], refused: set[tuple[str, int, int]],
+                        transitions: list[dict[str, Any]]) -> None:
+    recycled = {t["lead_id"] for t in transitions if t["type"] == "lead.recycled"}
+    states: dict[str, LeadState] = {}
+    ctx = Context(rules=rules, router_version=__version__, emitted_at=datetime.now(UTC),
+                  is_named_account=lambda d: d in accounts)
+    inputs: list[tuple[float, int, Touchpoint | LeadProfile]] = []
+    for kind, records in ((0, profiles), (1, touchpoints)):
+        for r in records:
+            if (r.topic, r.partition, r.offset) in refused:
+                continue
+            try:
+                event: Touchpoint | LeadProfile = (
+                    decode(LeadProfile, r.key, r.value, rules) if kind == 0
+                    else decode(Touchpoint, r.key, r.value, rules)
+                )
+            except Refused:
+                report.violation(f"{r.topic}[{r.partition}]@{r.offset}: refused by the rules"
+                                 " but missing from the dead-letter topic")
+                continue
+            when = (event.updated_at if isinstance(event, LeadProfile)
+                    else event.occurred_at).timestamp()
+            inputs.append((when, kind, event))
+    inputs.sort(key=lambda x: (x[0], x[1]))
+    for _, _, event in inputs:
+        state = states.setdefault(event.lead_id, LeadState(event.lead_id))
+        if isinstance(event, LeadProfile):
+            apply_profile(state, event, ctx)
+        else:
+            apply_touchpoint(state, event, ctx)
+    by_lead: dict[str, list[str]] = defaultdict(list)
+    for when, _, event in inputs:
+        what = "profile" if isinstance(event, LeadProfile) else f"{event.type.value}"
+        by_lead[event.lead_id].append(f"{what}@{datetime.fromtimestamp(when, UTC):%H:%M:%S}")
+    observed: dict[str, set[str]] = defaultdict(set)
+    for t in transitions:
+        if t["cycle"] == 1:
+            observed[t["lead_id"]].add(t["type"])
+    checked = 0
+    for lead, state in states.items():
+        if lead in recycled:
+            continue  # later cycles depend on sales activity timing; cycle 1 is checked below
+        got = observed.get(lead, set())
+        checked += 1
+        if state.stage is not Stage.NEW and not got:
+            report.notes.append(f"{lead} inputs: {', '.join(by_lead[lead][:12])}")
+        if state.stage is Stage.SQL and "lead.sql" not in got:
+            report.violation(f"{lead}: the rules call for SQL, no lead.sql was emitted")
+        if state.stage is not Stage.SQL and "lead.sql" in got:
+            report.violation(f"{lead}: lead.sql emitted, the rules say {state.stage.value}")
+        if state.stage is Stage.MQL and "lead.mql" not in got:
+            report.violation(f"{lead}: the rules call for MQL, no lead.mql was emitted")
+        if state.stage is Stage.NEW and "lead.mql" in got:
+            report.violation(f"{lead}: lead.mql emitted, the rules say new")
+    for lead in observed:
+        if lead not in states:
+            report.violation(f"{lead}: transitions for a lead with no valid input")
+    report.counts["leads checked against the rules"] = checked
+
+
+def check_routing(report: Report, roster: dict[str, Rep], transitions: list[dict[str, Any]],
+                  assignments: list[dict[str, Any]], activity: list[dict[str, Any]],
+                  sla: list[dict[str, Any]], now: float) -> None:
+    sqls = {(t["lead_id"], t["cycle"]) for t in transitions if t["type"] == "lead.sql"}
+    outcome: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for a in assignments:
+        outcome[(a["lead_id"], a["cycle"])].append(a)
+    for key in sorted(sqls):
+        if not outcome.get(key):
+            report.violation(f"{key[0]} cycle {key[1]}: lead.sql was never assigned or queued")
+    for (lead, cycle), events in outcome.items():
+        first_assignments = [e for e in events if e["type"] == "lead.assigned"]
+        if len(first_assignments) > 1:
+            report.violation(f"{lead} cycle {cycle}: {len(first_assignments)} lead.assigned")
+    # capacity along the stream (round-robin only; owners may exceed by design)
+    timeline: list[tuple[float, int, dict[str, Any]]] = []
+    timeline += [(_ts(a["emitted_at"]), 1, a) for a in assignments]
+    timeline += [(a["_ts"], 0, a) for a in activity]  # frees first on ties: conservative
+    timeline.sort(key=lambda x: (x[0], x[1]))
+    holder: dict[str, str] = {}
+    open_leads: dict[str, set[str]] = defaultdict(set)
+    # Outputs of one routing batch share emitted_at, and their order across the assignment
+    # topic's partitions is lost: apply a batch's hand-overs (frees) before its takes, as the
+    # router may have (a breach reassignment frees a slot that the next one in the tick uses).
+    for (_, kind), group in itertools.groupby(timeline, key=lambda x: (x[0], x[1])):
+        events = [e for _, _, e in group]
+        if kind == 0:
+            for e in events:
+                if e.get("type") in CLOSING and holder.get(e["lead_id"]) == e.get("rep_id"):
+                    open_leads[e["rep_id"]].discard(e["lead_id"])
+            continue
+        takes = [e for e in events if e["type"] != "lead.queued" and e["rep_id"]]
+        for e in takes:
+            previous = holder.get(e["lead_id"])
+            if previous is not None:
+                open_leads[previous].discard(e["lead_id"])
+        for e in takes:
+            holder[e["lead_id"]] = e["rep_id"]
+            open_leads[e["rep_id"]].add(e["lead_id"])
+        for e in takes:
+            rep = roster.get(e["rep_id"])
+            count = len(open_leads[e["rep_id"]])
+            if rep is not None and e["rule"] in ROUND_ROBIN_RULES and count > rep.max_open_leads:
+                report.violation(f"{e['event_id']}: {e['rep_id']} at {count}/"
+                                 f"{rep.max_open_leads} open"
+                                 f" ({', '.join(sorted(open_leads[e['rep_id']]))})")
+    # SLA outcomes
+    outcomes = {(s["lead_id"], s["cycle"], _seq(s["event_id"])) for s in sla
+                if s["type"] in ("sla.met", "sla.breached")}
+    closed_at: dict[str, float] = {}
+    for a in activity:
+        if a.get("type") in CLOSING or a.get("type") == "first_touch":
+            closed_at.setdefault(a["lead_id"], a["_ts"])
+    for a in assignments:
+        if a["type"] == "lead.queued":
+            continue
+        due = _ts(a["sla"]["due_at"])
+        seq = int(a["event_id"].rsplit(":", 1)[1])
+        if due > now - SLA_GRACE_SECONDS or (a["lead_id"], a["cycle"], seq) in outcomes:
+            continue
+        if closed_at.get(a["lead_id"], float("inf")) <= due:
+            continue
+        report.violation(f"{a['event_id']}: deadline {a['sla']['due_at']} passed without"
+                         " sla.met or sla.breached")
+    report.counts["assignments with SLA checked"] = sum(
+        1 for a in assignments if a["type"] != "lead.queued")
+
+
+def check_dead_letters(report: Report, letters: list[dict[str, Any]],
+                       inputs: dict[str, dict[tuple[int, int], bytes | None]]) -> None:
+    for d in letters:
+        source = inputs.get(d["source_topic"])
+        if source is None:
+            report.violation(f"dead letter names unknown topic {d['source_topic']}")
+            continue
+        key = source.get((d["partition"], d["offset"]), b"<missing>")
+        if key == b"<missing>":
+            report.violation(f"dead letter names {d['source_topic']}[{d['partition']}]"
+                             f"@{d['offset']}, which does not exist")
+        elif (key.decode("utf-8", "replace") if key is not None else None) != d["key"]:
+            report.violation(f"dead letter for {d['source_topic']}@{d['offset']}: key differs")
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def _seq(event_id: str) -> int:
+    # L-1:c1:sla:2:breached -> 2
+    return int(event_id.rsplit(":", 2)[1])
+
+
+async def verify(broker: str, prefix: str, rules: Rules) -> Report:
+    bootstrap = bootstrap_servers(broker)
+    topics = Topics.with_prefix(prefix)
+    names = [topics.touchpoints, topics.profiles, topics.reps, topics.accounts,
+             topics.activity, topics.transitions, topics.assignments, topics.sla,
+             topics.deadletter]
+    raw = dict(zip(names, await asyncio.gather(*(read_topic(bootstrap, n) for n in names)),
+                   strict=True))
+    report = Report()
+    for name in names[:5]:
+        report.counts[name] = len(raw[name])
+    letters = [orjson.loads(r.value) for r in raw[topics.deadletter]]
+    report.counts[topics.deadletter] = len(letters)
+    transitions = _dedupe(report, topics.transitions, raw[topics.transitions],
+                          ("type", "lead_id", "cycle", "to_stage"))
+    assignments = _dedupe(report, topics.assignments, raw[topics.assignments],
+                          ("type", "lead_id", "cycle", "rep_id"))
+    sla = _dedupe(report, topics.sla, raw[topics.sla], ("type", "lead_id", "rep_id"))
+    roster: dict[str, Rep] = {}
+    for r in raw[topics.reps]:
+        if r.value is None:
+            roster.pop(r.key.decode(), None)
+            continue
+        try:
+            roster[r.key.decode()] = decode(Rep, None, r.value, rules)
+        except Refused:
+            report.notes.append(f"rep record {r.key!r} is invalid and was ignored")
+    accounts: dict[str, NamedAccount] = {}
+    for r in raw[topics.accounts]:
+        if r.value is None:
+            accounts.pop(r.key.decode(), None)
+            continue
+        try:
+            accounts[r.key.decode()] = decode(NamedAccount, None, r.value, rules)
+        except Refused:
+            report.notes.append(f"account record {r.key!r} is invalid and was ignored")
+    activity = []
+    for r in raw[topics.activity]:
+        try:
+            event = orjson.loads(r.value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and isinstance(event.get("lead_id"), str):
+            event["_ts"] = r.timestamp / 1000.0
+            activity.append(event)
+    refused = _refused_inputs(letters)
+    check_qualification(report, rules, topics, raw[topics.touchpoints], raw[topics.profiles],
+                        accounts, refused, transitions)
+    check_routing(report, roster, transitions, assignments, activity, sla, time.time())
+    inputs = {name: {(r.partition, r.offset): r.key for r in raw[name]}
+              for name in (topics.touchpoints, topics.profiles, topics.activity)}
+    check_dead_letters(report, letters, inputs)
+    report.notes.append("accounts are taken at their final state; a named account added or"
+                        " removed during the run can make ABM leads differ")
+    return report
+
+
+def run_verify(broker: str, prefix: str, rules_path: str | None, as_json: bool) -> int:
+    rules = load_rules(rules_path)
+    report = asyncio.run(verify(broker, prefix, rules))
+    print(report.render())
+    if as_json:
+        print(orjson.dumps({"verify": report.summary()}).decode())
+    return 1 if report.violations else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_verify(sys.argv[1], "", None, True))
