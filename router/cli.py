@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9092)
     p.set_defaults(func=_cmd_broker)
 
-    p = sub.add_parser("worker", help="run a router worker against a Kafka broker")
+    # no abbreviations: "--sasl-password" must not quietly mean "--sasl-password-file"
+    p = sub.add_parser("worker", help="run a router worker against a Kafka broker",
+                       allow_abbrev=False)
     add_arguments(p)
     p.set_defaults(func=_cmd_worker)
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 
@@ -31,6 +33,14 @@ class Settings:
     batch_wait_ms: int = 10
     log_format: str = "json"
     log_level: str = "info"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = ""
+    sasl_password_file: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -39,6 +49,42 @@ class Settings:
             raise ValueError(f"broker_quirks must be '' or 'tansu', not {self.broker_quirks!r}")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log_format must be 'json' or 'text', not {self.log_format!r}")
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(f"security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)},"
+                             f" not {self.security_protocol!r}")
+        if self.sasl_mechanism not in SASL_MECHANISMS:
+            raise ValueError(f"sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)},"
+                             f" not {self.sasl_mechanism!r}")
+        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+            raise ValueError("SASL needs LEADROUTER_SASL_USERNAME (and a password from"
+                             " LEADROUTER_SASL_PASSWORD or LEADROUTER_SASL_PASSWORD_FILE)")
+
+    def password(self) -> str:
+        """The SASL password: from the environment or a file (a mounted secret), never from
+        the rules file or a command-line flag that `ps` would show."""
+        if self.sasl_password_file:
+            return Path(self.sasl_password_file).read_text(encoding="utf-8").strip()
+        return self.sasl_password
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.security_protocol.endswith("SSL"):
+            return None
+        context = ssl.create_default_context(cafile=self.ssl_cafile or None)
+        if self.ssl_certfile:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile or None)
+        return context
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Connection security for every aiokafka client the router makes."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
+        if self.security_protocol.startswith("SASL"):
+            kwargs.update(sasl_mechanism=self.sasl_mechanism,
+                          sasl_plain_username=self.sasl_username,
+                          sasl_plain_password=self.password())
+        return kwargs
 
     @property
     def app_id(self) -> str:
@@ -62,7 +108,18 @@ HELP: dict[str, str] = {
     "batch_wait_ms": "how long a batch waits to fill before it is processed",
     "log_format": "json (one object per line) or text",
     "log_level": "debug, info, warning or error",
+    "security_protocol": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    "sasl_mechanism": "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+    "sasl_username": "SASL user name",
+    "sasl_password": "SASL password (environment only; prefer the _FILE form)",
+    "sasl_password_file": "file holding the SASL password (e.g. a mounted secret)",
+    "ssl_cafile": "CA bundle to verify the brokers (default: system CAs)",
+    "ssl_certfile": "client certificate for mutual TLS",
+    "ssl_keyfile": "client key for mutual TLS",
 }
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SECRET_FIELDS = frozenset({"sasl_password"})
 
 
 def env_name(name: str) -> str:
@@ -102,6 +159,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Settings):
+        if f.name in SECRET_FIELDS:
+            continue  # secrets come from the environment or a file, never from argv
         flag = "--" + f.name.replace("_", "-")
         parser.add_argument(
             flag,

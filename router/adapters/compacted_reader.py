@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -33,12 +33,14 @@ class CompactedTopicReader(Generic[V]):
         *,
         on_change: Callable[[str, V | None], None] | None = None,
         fetch_max_wait_ms: int = 100,
+        client_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.parse = parse
         self.on_change = on_change
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.client_kwargs = client_kwargs or {}
         self.values: dict[str, V] = {}
         self.caught_up = asyncio.Event()
         self.refused = 0
@@ -80,6 +82,7 @@ class CompactedTopicReader(Generic[V]):
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
+            **self.client_kwargs,
         )
         await consumer.start()
         try:

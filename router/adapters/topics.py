@@ -78,7 +78,8 @@ class BrokerUnreachable(RuntimeError):
 
 async def _admin(settings: Settings) -> AIOKafkaAdminClient:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers(settings.broker), request_timeout_ms=10_000
+        bootstrap_servers=bootstrap_servers(settings.broker), request_timeout_ms=10_000,
+        **settings.kafka_client_kwargs(),
     )
     await admin.start()
     return admin

@@ -78,6 +78,21 @@ def _lower_fetch_wait(fetch_max_wait_ms: int) -> None:
     thread_cls._create_worker_consumer = _create_worker_consumer
 
 
+def broker_credentials(settings: Settings) -> Any:
+    """The same connection security as kafka_client_kwargs, in faust's terms."""
+    context = settings.ssl_context()
+    if settings.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.password(),
+            ssl_context=context,
+            mechanism=settings.sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
 class RouterApp:
     """Builds the faust app and owns the pieces the web views report on."""
 
@@ -93,6 +108,7 @@ class RouterApp:
             lambda key, value: decode(NamedAccount, None, value, rules),
             on_change=lambda _k, _v: NAMED_ACCOUNTS.set(len(self.accounts.values)),
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            client_kwargs=settings.kafka_client_kwargs(),
         )
         self.reps: CompactedTopicReader[Rep] = CompactedTopicReader(
             bootstrap_servers(settings.broker),
@@ -100,6 +116,7 @@ class RouterApp:
             lambda key, value: decode(Rep, None, value, rules),
             on_change=lambda rep_id, rep: self.routing.on_roster_change(rep_id, rep),
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            client_kwargs=settings.kafka_client_kwargs(),
         )
         self.qualifier = Qualifier(
             rules, self.topics, __version__, lambda domain: domain in self.accounts.values
@@ -135,6 +152,7 @@ class RouterApp:
             producer_acks=-1,
             producer_linger_ms=1,
             table_standby_replicas=0,
+            broker_credentials=broker_credentials(s),
         )
         table = app.Table(
             STATE_TABLE,

@@ -1,0 +1,87 @@
+"""Settings: environment and flags agree, bad values are named, secrets never come from argv."""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+from pathlib import Path
+
+import faust
+import pytest
+
+from router.cli import build_parser
+from router.domain.rules import load_rules
+from router.settings import Settings, add_arguments, bootstrap_servers, from_args, from_env
+from router.worker.app import RouterApp, broker_credentials
+
+
+def parse(argv: list[str], env: dict[str, str]) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return from_args(parser.parse_args(argv), env)
+
+
+def test_flags_win_over_environment_and_types_are_converted() -> None:
+    s = parse(["--partitions", "12", "--topic-prefix", "a."],
+              {"LEADROUTER_PARTITIONS": "3", "LEADROUTER_WEB_PORT": "7000"})
+    assert (s.partitions, s.topic_prefix, s.web_port) == (12, "a.", 7000)
+    assert s.app_id == "a.leadrouter"
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"LEADROUTER_PARTITIONS": "eight"}, "LEADROUTER_PARTITIONS='eight': expected a int"),
+        ({"LEADROUTER_LOG_FORMAT": "xml"}, "log_format must be 'json' or 'text'"),
+        ({"LEADROUTER_SECURITY_PROTOCOL": "TLS"}, "security_protocol must be one of"),
+        ({"LEADROUTER_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL needs LEADROUTER_SASL_USERNAME"),
+        ({"LEADROUTER_SASL_MECHANISM": "GSSAPI"}, "sasl_mechanism must be one of"),
+    ],
+)
+def test_bad_settings_name_what_is_wrong(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        from_env(env)
+
+
+def test_secrets_have_no_command_line_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["worker", "--sasl-password", "hunter2"])
+    assert "unrecognized arguments: --sasl-password" in capsys.readouterr().err
+    args = parser.parse_args(["worker", "--sasl-password-file", "/run/secrets/kafka"])
+    assert args.sasl_password_file == "/run/secrets/kafka"
+
+
+def test_sasl_scram_over_tls_reaches_every_client(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    s = from_env({"LEADROUTER_SECURITY_PROTOCOL": "SASL_SSL",
+                  "LEADROUTER_SASL_MECHANISM": "SCRAM-SHA-512",
+                  "LEADROUTER_SASL_USERNAME": "router",
+                  "LEADROUTER_SASL_PASSWORD_FILE": str(secret)})
+    kwargs = s.kafka_client_kwargs()
+    assert kwargs["security_protocol"] == "SASL_SSL"
+    assert (kwargs["sasl_mechanism"], kwargs["sasl_plain_username"],
+            kwargs["sasl_plain_password"]) == ("SCRAM-SHA-512", "router", "s3cret")
+    assert isinstance(kwargs["ssl_context"], ssl.SSLContext)
+    creds = broker_credentials(s)
+    assert isinstance(creds, faust.SASLCredentials)
+    assert (creds.username, creds.password) == ("router", "s3cret")
+    router = RouterApp(s, load_rules())
+    assert router.accounts.client_kwargs["sasl_plain_username"] == "router"
+    assert router.reps.client_kwargs["security_protocol"] == "SASL_SSL"
+    assert router.app.conf.broker_credentials is not None
+
+
+def test_plaintext_by_default() -> None:
+    s = Settings()
+    assert s.kafka_client_kwargs() == {"security_protocol": "PLAINTEXT"}
+    assert broker_credentials(s) is None
+    assert s.web_host == "127.0.0.1"  # the HTTP server is loopback-only unless told otherwise
+
+
+def test_bootstrap_servers_accepts_faust_and_plain_forms() -> None:
+    assert bootstrap_servers("kafka://h1:9092;kafka://h2:9093") == ["h1:9092", "h2:9093"]
+    assert bootstrap_servers("h1,h2:1") == ["h1:9092", "h2:1"]
+    with pytest.raises(ValueError, match="no broker address"):
+        bootstrap_servers(" ; ")
