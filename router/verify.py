@@ -27,7 +27,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -283,6 +283,25 @@ def check_dead_letters(report: Report, letters: list[dict[str, Any]],
             report.violation(f"dead letter for {d['source_topic']}@{d['offset']}: key differs")
 
 
+M = TypeVar("M", Rep, NamedAccount)
+
+
+def _latest(report: Report, records: list[ConsumerRecord[bytes, bytes]], model: type[M],
+            rules: Rules) -> dict[str, M]:
+    """The final content of a compacted topic: latest value per key, tombstones removed."""
+    out: dict[str, M] = {}
+    for r in records:
+        key = (r.key or b"").decode("utf-8", "replace")
+        if r.value is None:
+            out.pop(key, None)
+            continue
+        try:
+            out[key] = decode(model, None, r.value, rules)
+        except Refused:
+            report.notes.append(f"{r.topic} record {key!r} is invalid and was ignored")
+    return out
+
+
 def _ts(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
@@ -310,24 +329,8 @@ async def verify(broker: str, prefix: str, rules: Rules) -> Report:
     assignments = _dedupe(report, topics.assignments, raw[topics.assignments],
                           ("type", "lead_id", "cycle", "rep_id"))
     sla = _dedupe(report, topics.sla, raw[topics.sla], ("type", "lead_id", "rep_id"))
-    roster: dict[str, Rep] = {}
-    for r in raw[topics.reps]:
-        if r.value is None:
-            roster.pop(r.key.decode(), None)
-            continue
-        try:
-            roster[r.key.decode()] = decode(Rep, None, r.value, rules)
-        except Refused:
-            report.notes.append(f"rep record {r.key!r} is invalid and was ignored")
-    accounts: dict[str, NamedAccount] = {}
-    for r in raw[topics.accounts]:
-        if r.value is None:
-            accounts.pop(r.key.decode(), None)
-            continue
-        try:
-            accounts[r.key.decode()] = decode(NamedAccount, None, r.value, rules)
-        except Refused:
-            report.notes.append(f"account record {r.key!r} is invalid and was ignored")
+    roster = _latest(report, raw[topics.reps], Rep, rules)
+    accounts = _latest(report, raw[topics.accounts], NamedAccount, rules)
     activity = []
     for r in raw[topics.activity]:
         try:

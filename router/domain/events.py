@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -191,6 +192,28 @@ class OutOfOffice(_Input):
 
 
 HHMM = Annotated[str, Field(pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$")]
+
+
+def check_time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+    return value
+
+
+def check_working_hours(value: dict[Any, tuple[str, str]]) -> dict[Any, tuple[str, str]]:
+    """Every window must open before it closes, and some day must have one: SLA deadlines in
+    business time are counted inside these hours."""
+    for day, (start, end) in value.items():
+        if start >= end:
+            raise ValueError(f"{day}: start {start} is not before end {end}")
+    if not value:
+        raise ValueError("at least one working day is needed (SLA deadlines count in it)")
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(check_time_zone)]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
@@ -209,28 +232,12 @@ class Rep(_Input):
     languages: list[Annotated[str, Field(pattern=r"^[a-z]{2}$")]] = Field(default_factory=list)
     max_open_leads: Annotated[int, Field(ge=0, strict=True)] = 30
     weight: Annotated[int, Field(ge=1, le=100, strict=True)] = 1
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
 
     @field_validator("working_hours")
     @classmethod
-    def _hours_make_sense(
-        cls, value: dict[Weekday, tuple[str, str]]
-    ) -> dict[Weekday, tuple[str, str]]:
-        for day, (start, end) in value.items():
-            if start >= end:
-                raise ValueError(f"{day}: start {start} is not before end {end}")
-        if not value:
-            raise ValueError("at least one working day is needed (SLA deadlines count in it)")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
-        return value
+    def _hours(cls, value: dict[Weekday, tuple[str, str]]) -> dict[Weekday, tuple[str, str]]:
+        return check_working_hours(value)
     working_hours: dict[Weekday, tuple[HHMM, HHMM]] = Field(
         default_factory=_default_working_hours
     )

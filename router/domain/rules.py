@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from router.domain.events import BuyingRole, Seniority
+from router.domain.events import BuyingRole, Seniority, TimeZoneName, check_working_hours
 
 SENIORITY_RANK: dict[Seniority, int] = {
     Seniority.UNKNOWN: 0,
@@ -194,35 +194,18 @@ class SlaRules(_Section):
     warning_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.8
     reassign_on_breach: ReassignOnBreach = ReassignOnBreach()
     # hours used for a queued lead, before a rep (and its hours) is known
-    default_timezone: str = "UTC"
+    default_timezone: TimeZoneName = "UTC"
     default_working_hours: dict[str, tuple[HourMinute, HourMinute]] = Field(
         default_factory=lambda: {d: ("09:00", "17:00") for d in WEEKDAYS[:5]}
     )
 
-    @field_validator("default_timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
-        return value
-
     @field_validator("default_working_hours")
     @classmethod
-    def _weekdays(
-        cls, value: dict[str, tuple[str, str]]
-    ) -> dict[str, tuple[str, str]]:
-        for day, (start, end) in value.items():
+    def _weekdays(cls, value: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+        for day in value:
             if day not in WEEKDAYS:
                 raise ValueError(f"unknown weekday {day!r} (use {', '.join(WEEKDAYS)})")
-            if start >= end:
-                raise ValueError(f"{day}: start {start} is not before end {end}")
-        if not value:
-            raise ValueError("at least one working day is needed (SLA deadlines count in it)")
-        return value
+        return check_working_hours(value)
 
 
 class Rules(_Section):
