@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit integration schemas bench-latency bench-sla chaos clean
+.PHONY: demo test lint typecheck unit integration schemas bench-latency bench-sla chaos chaos-short clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "leadrouter needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -41,6 +41,9 @@ bench-latency: $(STAMP)
 
 chaos: $(STAMP)
 	$(BIN)/leadrouter chaos
+
+chaos-short: $(STAMP)
+	LEADROUTER_CHAOS=1 $(BIN)/python -m pytest -q -s tests/integration/test_chaos_short.py
 
 bench-sla: $(STAMP)
 	$(BIN)/leadrouter bench-sla $(BENCH_ARGS)
