@@ -240,8 +240,10 @@ class RouterApp:
                     continue
                 result = qualifier.process(records, datetime.now(UTC), store.get)
                 await publish(result.outputs)
+                owned = {tp.partition for tp in app.consumer.assignment()
+                         if tp.topic == topics.touchpoints}
                 for key, (partition, value) in result.state_writes.items():
-                    if not still_owned(topics.touchpoints, partition):
+                    if partition not in owned:
                         continue  # revoked while publishing: the new owner replays it
                     store[key] = value
                     store._key_partition[key] = partition

@@ -113,7 +113,8 @@ async def wait_processed(broker: EmbeddedBroker, group: str, sent: RecordMetadat
 
 
 async def collect(broker: EmbeddedBroker, topic: str, until: Any, timeout: float = 30.0,
-                  settle: float = 1.0, keep_repeats: bool = False) -> list[dict[str, Any]]:
+                  settle: float = 1.0, keep_repeats: bool = False,
+                  max_value_bytes: int | None = None) -> list[dict[str, Any]]:
     """Read `topic` from the beginning until `until(records)` holds (then `settle` s more,
     to catch anything extra), or `timeout` passes. Returns decoded values; repeated event_ids
     are dropped (as a consumer of an at-least-once stream does) unless `keep_repeats`."""
@@ -130,12 +131,15 @@ async def collect(broker: EmbeddedBroker, topic: str, until: Any, timeout: float
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for r in records:
+                    if max_value_bytes is not None:
+                        assert len(r.value) < max_value_bytes, len(r.value)
                     value = orjson.loads(r.value)
                     ident = value.get("event_id") or f"{r.partition}:{r.offset}"
                     if ident in seen and not keep_repeats:
                         continue
                     seen.add(ident)
-                    value["_key"] = r.key.decode() if r.key is not None else None
+                    # keys of refused records need not be UTF-8
+                    value["_key"] = r.key.decode("utf-8", "replace") if r.key is not None else None
                     out.append(value)
             if done_at is None and until(out):
                 done_at = time.monotonic()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.topics import Topics
@@ -236,30 +235,12 @@ def build(now: datetime) -> tuple[list[Item], list[str]]:
 async def read_dead_letters(broker: EmbeddedBroker, topic: str,
                             until: Callable[[list[dict[str, Any]]], bool],
                             timeout: float = 90.0, settle: float = 2.0) -> list[dict[str, Any]]:
-    """`collect(..., keep_repeats=True)` for a topic whose message keys may be any bytes
-    (a dead letter keeps the refused record's key, which need not be UTF-8)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100,
-                                enable_auto_commit=False, max_partition_fetch_bytes=4 << 20)
-    await consumer.start()
-    out: list[dict[str, Any]] = []
-    try:
-        deadline = time.monotonic() + timeout
-        done_at: float | None = None
-        while time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                for r in records:
-                    assert r.value is not None
-                    assert len(r.value) < 1_000_000, len(r.value)
-                    out.append(orjson.loads(r.value))
-            if done_at is None and until(out):
-                done_at = time.monotonic()
-            if done_at is not None and time.monotonic() - done_at >= settle:
-                break
-            await asyncio.sleep(0)
-    finally:
-        await consumer.stop()
-    return out
+    """Every dead letter, repeats kept, each under the producer's 1 MB limit."""
+    letters = await collect(broker, topic, until, timeout=timeout, settle=settle,
+                            keep_repeats=True, max_value_bytes=1_000_000)
+    for letter in letters:
+        del letter["_key"]  # collect's bookkeeping, not part of the DeadLetter event
+    return letters
 
 
 def check_letters(letters: list[dict[str, Any]], coords: dict[Coord, Item],
