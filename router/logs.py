@@ -7,6 +7,7 @@ anything that could identify a person.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -51,7 +52,8 @@ class TextFormatter(logging.Formatter):
         extras = {
             k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")
         }
-        line = f"{record.levelname[0]} {record.name}: {record.getMessage()}"
+        moment = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")[:-3]
+        line = f"{moment} {record.levelname[0]} {record.name}: {record.getMessage()}"
         if extras:
             line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
         if record.exc_info:
@@ -75,5 +77,8 @@ def logging_config(fmt: str, level: str) -> dict[str, Any]:
             "aiokafka": {"level": "WARNING"},
             "faust": {"level": "WARNING" if level.lower() != "debug" else "DEBUG"},
             "mode": {"level": "WARNING" if level.lower() != "debug" else "DEBUG"},
+            # per-batch offsets, rebalances and commits, for chaos forensics only
+            "router.trace": {"level": "DEBUG" if os.environ.get("LEADROUTER_TRACE") == "1"
+                             else "INFO"},
         },
     }

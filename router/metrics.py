@@ -6,7 +6,14 @@ reasons, topic names), so a hostile producer cannot blow up the series count.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -109,3 +116,55 @@ PARTITIONS_UNSTALLED = Counter(
     "Assigned partitions faust had silently stopped fetching, put back by the stall guard.",
     registry=REGISTRY,
 )
+CONSUMER_LAG = Gauge(
+    "leadrouter_consumer_lag_records",
+    "Records on an assigned input partition not yet committed by this worker"
+    " (high watermark minus committed offset).",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "leadrouter_assigned_partitions",
+    "Input and table partitions assigned to this worker.",
+    registry=REGISTRY,
+)
+# process_* (resident memory, CPU seconds, open fds, start time) for the same registry
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+STALE_READ_OFFSETS_IGNORED = Counter(
+    "leadrouter_stale_read_offsets_ignored_total",
+    "Read offsets of records fetched before a rebalance that faust would have kept (and so"
+    " skipped re-fetched records); ignored by router.worker.faust_fixes.",
+    registry=REGISTRY,
+)
+COMMIT_STALLS_REPAIRED = Counter(
+    "leadrouter_commit_stalls_repaired_total",
+    "Partitions whose committed offset stopped behind unprocessed records, sought back to it.",
+    registry=REGISTRY,
+)
+CHANGELOG_RESTORED = Counter(
+    "leadrouter_changelog_records_restored_total",
+    "Changelog records replayed into local state at start or after a rebalance, by table.",
+    ["table"],
+    registry=REGISTRY,
+)
+
+
+def prime(input_topics: list[str], refusal_reasons: tuple[str, ...], pools: list[str],
+          stages: list[str], paths: list[str], sla_classes: list[str],
+          rejection_reasons: list[str]) -> None:
+    """Create every labelled counter series at 0 on start. A series that first appears at 1
+    hides that first increment from `increase()`, so the first dead letter or breach after a
+    restart would not alert. All label sets here are closed (config or enums)."""
+    for topic in input_topics:
+        for reason in refusal_reasons:
+            DEAD_LETTERS.labels(topic, reason)
+    for stage in stages:
+        for path in [*paths, "none"]:
+            TRANSITIONS.labels(stage, path)
+    for kind in ("sla.warning", "sla.breached", "sla.met"):
+        for sla_class in sla_classes:
+            for pool in pools:
+                SLA_OUTCOMES.labels(kind, sla_class, pool)
+    for reason in rejection_reasons:
+        REJECTIONS.labels(reason)

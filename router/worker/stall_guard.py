@@ -5,8 +5,15 @@ worker joins or leaves, a partition assigned to a worker can drop out of faust's
 "active" partitions (the ones it fetches) without being paused, so its lag grows for ever with
 no error. Every few seconds this guard compares the worker's assigned input partitions with
 faust's active and paused sets; a partition missing from both for three checks in a row (so
-not a momentarily full stream buffer) is put back and a warning is logged. Faust internals are
-touched here and only here.
+not a momentarily full stream buffer) is put back and a warning is logged.
+
+A second check watches commits: faust commits a partition only up to its first un-acked
+record, so a record that was fetched but never reached the stream (see faust_fixes.py for the
+way we know of, now fixed) stops the partition's commits for good while later records are
+processed. If the oldest acked offset stays beyond the committed one for three checks, the
+partition is sought back to its committed offset; the records behind it are fetched again
+(a repeat is harmless: outputs carry deterministic ids) and an error is logged, because it
+means a path we do not know of yet.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from router.metrics import PARTITIONS_UNSTALLED
+from router.metrics import COMMIT_STALLS_REPAIRED, PARTITIONS_UNSTALLED
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,8 @@ class StallGuard:
         self.topics = frozenset(topics)
         self.suspects: dict[Any, int] = {}
         self.unstalled = 0
+        self.commit_suspects: dict[Any, tuple[int, int]] = {}
+        self.commit_stalls_repaired = 0
 
     def missing(self, consumer: Any) -> set[Any]:
         assigned = {tp for tp in consumer.assignment() if tp.topic in self.topics}
@@ -55,3 +64,48 @@ class StallGuard:
             self.unstalled += len(stuck)
             PARTITIONS_UNSTALLED.inc(len(stuck))
         return stuck
+
+    def stalled_commits(self, consumer: Any) -> dict[Any, int]:
+        """Partitions whose oldest acked offset is beyond the committed one: {tp: committed}."""
+        stalled: dict[Any, int] = {}
+        for tp in consumer.assignment():
+            if tp.topic not in self.topics:
+                continue
+            committed = consumer._committed_offset.get(tp)
+            acked = consumer._acked.get(tp)
+            if committed is not None and acked and min(acked) - committed > 1:
+                stalled[tp] = committed
+        return stalled
+
+    async def check_commits(self, app: Any) -> set[Any]:
+        """One commit check; returns the partitions sought back to their committed offset."""
+        if app.rebalancing or app.in_recovery:
+            self.commit_suspects.clear()
+            return set()
+        consumer = app.consumer
+        stalled = self.stalled_commits(consumer)
+        self.commit_suspects = {
+            tp: (committed, self.commit_suspects.get(tp, (committed, 0))[1] + 1)
+            for tp, committed in stalled.items()
+            if self.commit_suspects.get(tp, (committed, 0))[0] == committed
+        }
+        repaired: set[Any] = set()
+        for tp, (committed, seen) in list(self.commit_suspects.items()):
+            if seen < CHECKS_BEFORE_ACTING:
+                continue
+            log.error(
+                "partition stopped committing behind unprocessed records; fetching them again",
+                extra={"partition": f"{tp.topic}[{tp.partition}]", "committed": committed,
+                       "oldest_acked": min(consumer._acked.get(tp) or [committed]),
+                       "read_offset": consumer._read_offset.get(tp)},
+            )
+            consumer._acked.pop(tp, None)
+            consumer._acked_index.pop(tp, None)
+            consumer._gap.pop(tp, None)
+            await consumer.seek(tp, committed)
+            self.commit_suspects.pop(tp, None)
+            repaired.add(tp)
+        if repaired:
+            self.commit_stalls_repaired += len(repaired)
+            COMMIT_STALLS_REPAIRED.inc(len(repaired))
+        return repaired
