@@ -21,6 +21,7 @@ class Settings:
     rules: str | None = None
     topic_prefix: str = ""
     data_dir: str = ".leadrouter"
+    store: str = "memory"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     partitions: int = 8
@@ -45,6 +46,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise ValueError("partitions must be at least 1")
+        if self.store not in STORES:
+            raise ValueError(f"store must be one of {', '.join(STORES)}, not {self.store!r}")
         if self.broker_quirks not in ("", "tansu"):
             raise ValueError(f"broker_quirks must be '' or 'tansu', not {self.broker_quirks!r}")
         if self.log_format not in ("json", "text"):
@@ -95,7 +98,9 @@ HELP: dict[str, str] = {
     "broker": "Kafka bootstrap URL, e.g. kafka://host:9092 (several: kafka://h1:9092;h2:9092)",
     "rules": "rules file (YAML); default: the shipped SPEC defaults",
     "topic_prefix": "prefix prepended to every topic name, internal ones included",
-    "data_dir": "directory for local state",
+    "data_dir": "directory for local state (RocksDB files with --store rocksdb)",
+    "store": "memory (state rebuilt from the changelogs at start) or rocksdb (kept in"
+             " data_dir: a restart replays only the changelog tail)",
     "web_host": "address the HTTP server binds to (/health, /ready)",
     "web_port": "HTTP port of the worker",
     "partitions": "partitions for topics the router creates",
@@ -117,6 +122,7 @@ HELP: dict[str, str] = {
     "ssl_certfile": "client certificate for mutual TLS",
     "ssl_keyfile": "client key for mutual TLS",
 }
+STORES = ("memory", "rocksdb")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SECRET_FIELDS = frozenset({"sasl_password"})

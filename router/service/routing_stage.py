@@ -297,6 +297,14 @@ class RoutingStage:
         )
         return Output(self.topics.assignments, d.lead_id.encode(), encode(event))
 
+    def forget(self) -> None:
+        """The routing partition moved away: drop the state (reloaded from the recovered table
+        if it comes back) and stop reporting per-rep and per-pool gauges from here, or two
+        workers would both report them."""
+        self.state = None
+        OPEN_LEADS.clear()
+        QUEUED_LEADS.clear()
+
     def _gauges(self) -> None:
         state = self.state
         if state is None:

@@ -27,24 +27,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from router import __version__
+from router import __version__, metrics
 from router.adapters.compacted_reader import CompactedTopicReader
+from router.adapters.state_store import FaustTableState
 from router.adapters.topics import Topics
-from router.adapters.wire import decode
-from router.domain.events import NamedAccount, Rep
+from router.adapters.wire import REFUSAL_REASONS, decode
+from router.domain.events import (
+    NamedAccount,
+    QualificationPath,
+    RejectionReason,
+    Rep,
+    SlaClass,
+    Stage,
+)
 from router.domain.rules import Rules
 from router.metrics import (
+    ASSIGNED_PARTITIONS,
     BATCH_EVENTS,
     BATCH_SECONDS,
+    CONSUMER_LAG,
     NAMED_ACCOUNTS,
     READY,
     REGISTRY,
@@ -52,30 +63,25 @@ from router.metrics import (
 from router.service.qualifier import Output, Qualifier, Record
 from router.service.routing_stage import RoutingStage, forward_activity, tick
 from router.settings import Settings, bootstrap_servers
+from router.worker.faust_fixes import (
+    check_read_offset_generation,
+    lower_fetch_wait,
+    trace_commits,
+)
+from router.worker.inspect_views import Inspector, register
 from router.worker.stall_guard import StallGuard
 
+# kept under its old name for the benchmark's faust-floor app
+_lower_fetch_wait = lower_fetch_wait
+
 log = logging.getLogger(__name__)
+# per-batch offset ranges, rebalances and commits: on (DEBUG) only with LEADROUTER_TRACE=1
+trace = logging.getLogger("router.trace")
+trace.setLevel(logging.DEBUG if os.environ.get("LEADROUTER_TRACE") == "1" else logging.INFO)
 
 STATE_TABLE = "lead-state"
 ROUTING_TABLE = "routing-state"
 PROMETHEUS_MEDIA_TYPE = CONTENT_TYPE_LATEST.split(";")[0]
-
-
-def _lower_fetch_wait(fetch_max_wait_ms: int) -> None:
-    """Faust hard-codes fetch_max_wait_ms=1500; every hop then costs up to 1.5 s on brokers
-    that hold a fetch for its whole wait (Tansu). A short wait only costs idle polls on Kafka."""
-    thread_cls: Any = faust_aiokafka.AIOKafkaConsumerThread
-    original = getattr(thread_cls, "_leadrouter_original_create", None)
-    if original is None:
-        original = thread_cls._create_worker_consumer
-        thread_cls._leadrouter_original_create = original
-
-    def _create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = fetch_max_wait_ms
-        return consumer
-
-    thread_cls._create_worker_consumer = _create_worker_consumer
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -101,7 +107,10 @@ class RouterApp:
         self.rules = rules
         self.topics = Topics.with_prefix(settings.topic_prefix)
         self.agent_started = False
-        _lower_fetch_wait(settings.fetch_max_wait_ms)
+        lower_fetch_wait(settings.fetch_max_wait_ms)
+        check_read_offset_generation()
+        if trace.isEnabledFor(logging.DEBUG):
+            trace_commits(trace)
         self.accounts: CompactedTopicReader[NamedAccount] = CompactedTopicReader(
             bootstrap_servers(settings.broker),
             self.topics.accounts,
@@ -129,13 +138,20 @@ class RouterApp:
             self.topics.activity, self.topics.routing,
         ])
         self.app = self._build()
+        metrics.prime(
+            [self.topics.touchpoints, self.topics.profiles, self.topics.activity],
+            REFUSAL_REASONS,
+            sorted({t.pool for t in rules.routing.territories} | {rules.routing.fallback_pool}),
+            [s.value for s in Stage], [p.value for p in QualificationPath],
+            [c.value for c in SlaClass], [r.value for r in RejectionReason],
+        )
 
     def _build(self) -> faust.App:
         s = self.settings
         app = faust.App(
             s.app_id,
             broker=s.broker,
-            store="memory://",
+            store="rocksdb://" if s.store == "rocksdb" else "memory://",
             autodiscover=False,
             topic_partitions=s.partitions,
             topic_replication_factor=s.replication_factor,
@@ -195,6 +211,9 @@ class RouterApp:
             self.topics.activity, key_type=bytes, value_type=bytes, key_serializer="raw",
             value_serializer="raw", partitions=s.partitions,
         )
+        lead_state = FaustTableState(table)
+        routing_state = FaustTableState(routing_table)
+        self.table_states = (lead_state, routing_state)
         routing = self.routing
         rules = self.rules
         topics = self.topics
@@ -225,29 +244,48 @@ class RouterApp:
                 if e.message.tp in owned
             ]
 
+        def trace_batch(agent: str, events: Any, records: list[Record]) -> None:
+            """LEADROUTER_TRACE=1: offset ranges per partition of every batch (chaos forensics)."""
+            ranges: dict[str, list[int]] = {}
+            for e in events:
+                m = e.message
+                ranges.setdefault(f"{m.topic}[{m.partition}]", []).append(m.offset)
+            kept = {(r.topic, r.partition, r.offset) for r in records}
+            trace.debug("batch", extra={
+                "agent": agent, "generation": app.consumer_generation_id,
+                "ranges": {k: f"{min(v)}-{max(v)}/{len(v)}" for k, v in sorted(ranges.items())},
+                "dropped": len(events) - len(kept)})
+
         def still_owned(topic: str, partition: int) -> bool:
             return TP(topic, partition) in app.consumer.assignment()
+
+        def load_lead(partition_of: dict[bytes | None, int], key: bytes) -> bytes | None:
+            return lead_state.get(partition_of[key], key)
 
         @app.agent(inputs, name="qualify")
         async def qualify(stream: Any) -> None:
             await accounts.caught_up.wait()
             self.agent_started = True
-            store: Any = table.data
             async for events in stream.take_events(batch_size, within=batch_wait):
                 started = time.perf_counter()
                 records = owned_records(events)
+                if trace.isEnabledFor(logging.DEBUG):
+                    trace_batch("qualify", events, records)
                 if not records:
                     continue
-                result = qualifier.process(records, datetime.now(UTC), store.get)
+                # a lead's state lives in its input record's partition (first one wins)
+                partition_of = {r.key: r.partition for r in reversed(records)}
+                result = qualifier.process(records, datetime.now(UTC),
+                                           partial(load_lead, partition_of))
                 await publish(result.outputs)
                 owned = {tp.partition for tp in app.consumer.assignment()
                          if tp.topic == topics.touchpoints}
                 for key, (partition, value) in result.state_writes.items():
                     if partition not in owned:
+                        trace.debug("state write skipped (revoked)",
+                                    extra={"partition": partition})
                         continue  # revoked while publishing: the new owner replays it
-                    store[key] = value
-                    store._key_partition[key] = partition
-                    table.send_changelog(partition, key, value)
+                    lead_state.put(partition, key, value)
                 BATCH_EVENTS.observe(len(records))
                 BATCH_SECONDS.observe(time.perf_counter() - started)
 
@@ -264,31 +302,33 @@ class RouterApp:
         async def route(stream: Any) -> None:
             await accounts.caught_up.wait()
             await self.reps.caught_up.wait()
-            store: Any = routing_table.data
             async for events in stream.take_events(batch_size, within=batch_wait):
                 records = owned_records(events)
                 if not records or (routing.state is None and not still_owned(topics.routing, 0)):
                     continue
                 result = routing.process(records, datetime.now(UTC),
-                                         lambda: dict(store.items()))
+                                         lambda: dict(routing_state.items(0)))
                 await publish(result.outputs)
                 if not still_owned(topics.routing, 0):
-                    routing.state = None  # revoked meanwhile: reload if it comes back
+                    routing.forget()  # revoked meanwhile: reload if it comes back
                     continue
                 for key, value in result.state_writes.items():
-                    if value is None:
-                        store.pop(key, None)
-                        store._key_partition.pop(key, None)
-                    else:
-                        store[key] = value
-                        store._key_partition[key] = 0
-                    routing_table.send_changelog(0, key, value)
+                    routing_state.put(0, key, value)
+
+        @app.on_partitions_assigned.connect
+        async def trace_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+            trace.debug("assigned", extra={
+                "generation": app.consumer_generation_id,
+                "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)})
 
         @app.on_partitions_revoked.connect
         async def forget_routing_state(sender: Any, revoked: Any, **kwargs: Any) -> None:
+            trace.debug("revoked", extra={
+                "generation": app.consumer_generation_id,
+                "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)})
             # reloaded from the recovered table when this worker gets the partition again
             if any(tp.topic == topics.routing for tp in revoked):
-                routing.state = None
+                routing.forget()
 
         @app.timer(interval=1.0, on_leader=True)
         async def clock() -> None:
@@ -300,6 +340,9 @@ class RouterApp:
         @app.timer(interval=5.0)
         async def guard_partitions() -> None:
             guard.check(app)
+            await guard.check_commits(app)
+            self.report_lag()
+            READY.set(1 if self.readiness()["ready"] else 0)  # for scrapes between probes
 
         @app.task
         async def load_reps() -> None:
@@ -319,12 +362,42 @@ class RouterApp:
             READY.set(1 if state["ready"] else 0)
             return web.json(state, status=200 if state["ready"] else 503)
 
+        register(app, Inspector(self, lead_state, routing_state))
+
         @app.page("/metrics")
         async def metrics(web: Any, request: Any) -> Any:
             # aiohttp wants the charset apart from the media type
             return web.bytes(generate_latest(REGISTRY), content_type=PROMETHEUS_MEDIA_TYPE)
 
         return app
+
+    def report_lag(self) -> None:
+        """Lag per assigned input partition: what a `lag growing` alert watches. Uses the
+        fetch high watermark (right on Tansu too) and faust's last committed offset."""
+        consumer: Any = self.app.consumer
+        try:
+            assigned = consumer.assignment()
+        except Exception:  # not started yet
+            return
+        ASSIGNED_PARTITIONS.set(len(assigned))
+        inputs = {self.topics.touchpoints, self.topics.profiles, self.topics.recycle,
+                  self.topics.activity, self.topics.routing}
+        CONSUMER_LAG.clear()  # revoked partitions must not keep reporting an old lag
+        for tp in assigned:
+            if tp.topic not in inputs:
+                continue
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:
+                continue
+            if highwater is None:
+                continue
+            committed = consumer._committed_offset.get(tp) or 0
+            CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - committed))
+
+    @property
+    def changelog_records_restored(self) -> dict[str, int]:
+        return {state.table.name: state.restored for state in self.table_states}
 
     def readiness(self) -> dict[str, Any]:
         app = self.app
@@ -343,7 +416,10 @@ class RouterApp:
             "roster_loaded": self.reps.caught_up.is_set(),
             "reps": len(self.reps.values),
             "consuming": self.agent_started,
+            "store": self.settings.store,
+            "changelog_records_restored": self.changelog_records_restored,
             "partitions_unstalled": self.stall_guard.unstalled,
+            "commit_stalls_repaired": self.stall_guard.commit_stalls_repaired,
         }
         ready = (
             recovered
