@@ -98,6 +98,12 @@ def _cmd_bench_sla(args: argparse.Namespace) -> int:
                          spread_seconds=args.spread_seconds)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from router.bench import run_bench
+
+    return run_bench(broker=args.broker, quick=args.quick)
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from router.verify import run_verify
 
@@ -108,6 +114,58 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
     from router.chaos import main as chaos_main
 
     return chaos_main(full=not args.short, rate=args.rate)
+
+
+def _cmd_notify(args: argparse.Namespace) -> int:
+    from router.notify import main as notify_main
+
+    return notify_main(args)
+
+
+def _get_json(url: str) -> tuple[int, object]:
+    import urllib.error
+    import urllib.request
+
+    import orjson
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status), orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read() or b"null")
+
+
+def _inspect(args: argparse.Namespace, path: str, render_name: str) -> int:
+    import urllib.error
+
+    import orjson
+
+    from router.service import inspection
+
+    url = args.worker.rstrip("/") + path
+    try:
+        status, body = _get_json(url)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"leadrouter: no worker answered at {url}: {exc}", file=sys.stderr)
+        return 2
+    if status != 200:
+        print(f"leadrouter: {url} answered HTTP {status}: {body}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(getattr(inspection, render_name)(body))
+    return 0
+
+
+def _cmd_lead_show(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    return _inspect(args, f"/leads/{quote(args.lead_id, safe='')}", "render_lead")
+
+
+def _cmd_reps(args: argparse.Namespace) -> int:
+    return _inspect(args, "/reps", "render_reps")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +193,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web-port", type=int, default=6066)
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=_cmd_demo)
+
+    lead = sub.add_parser("lead", help="inspect one lead").add_subparsers(
+        dest="lead_command", required=True
+    )
+    p = lead.add_parser("show", help="stage, criteria with their numbers, holder, SLA, events")
+    p.add_argument("lead_id")
+    p.add_argument("--worker", default="http://127.0.0.1:6066",
+                   help="any worker's HTTP URL (it asks the owners)")
+    p.add_argument("--json", action="store_true", help="print the raw view")
+    p.set_defaults(func=_cmd_lead_show)
+
+    p = sub.add_parser("reps", help="reps with open leads, capacity, out of office; queues")
+    p.add_argument("--worker", default="http://127.0.0.1:6066",
+                   help="any worker's HTTP URL (it asks the routing owner)")
+    p.add_argument("--json", action="store_true", help="print the raw view")
+    p.set_defaults(func=_cmd_reps)
 
     rules = sub.add_parser("rules", help="rules file tools").add_subparsers(
         dest="rules_command", required=True
@@ -172,11 +246,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=60.0, help="touchpoints per second")
     p.set_defaults(func=_cmd_chaos)
 
+    from router.notify import add_arguments as add_notify_arguments
+
+    p = sub.add_parser("notify", help="post assignments and SLA alerts to a Slack-compatible"
+                       " webhook", allow_abbrev=False)
+    add_notify_arguments(p)
+    p.set_defaults(func=_cmd_notify)
+
     p = sub.add_parser("bench-sla", help="delay from SLA deadline to sla.breached (embedded)")
     p.add_argument("--timers", type=int, default=300)
     p.add_argument("--budget-seconds", type=float, default=10.0)
     p.add_argument("--spread-seconds", type=float, default=10.0)
     p.set_defaults(func=_cmd_bench_sla)
+
+    p = sub.add_parser("bench", help="router vs faust floor vs raw aiokafka: throughput, latency,"
+                       " memory, state, restore (embedded broker unless --broker)")
+    p.add_argument("--broker", default=None, help="existing broker URL (the bench starts its"
+                   " own workers on it)")
+    p.add_argument("--quick", action="store_true", help="a small load (a smoke run, about 2 min)")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
