@@ -137,6 +137,12 @@ STALE_READ_OFFSETS_IGNORED = Counter(
     " skipped re-fetched records); ignored by router.worker.faust_fixes.",
     registry=REGISTRY,
 )
+INPUT_GAPS_REFUSED = Counter(
+    "leadrouter_input_gaps_refused_total",
+    "Jumps in an input partition's fetched offsets that were not committed over"
+    " (router.worker.faust_fixes); the stall guard fetches the skipped records again.",
+    registry=REGISTRY,
+)
 COMMIT_STALLS_REPAIRED = Counter(
     "leadrouter_commit_stalls_repaired_total",
     "Partitions whose committed offset stopped behind unprocessed records, sought back to it.",

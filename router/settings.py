@@ -22,6 +22,7 @@ class Settings:
     topic_prefix: str = ""
     data_dir: str = ".leadrouter"
     store: str = "memory"
+    input_gaps: str = "refuse"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     partitions: int = 8
@@ -48,6 +49,8 @@ class Settings:
             raise ValueError("partitions must be at least 1")
         if self.store not in STORES:
             raise ValueError(f"store must be one of {', '.join(STORES)}, not {self.store!r}")
+        if self.input_gaps not in ("refuse", "accept"):
+            raise ValueError(f"input_gaps must be 'refuse' or 'accept', not {self.input_gaps!r}")
         if self.broker_quirks not in ("", "tansu"):
             raise ValueError(f"broker_quirks must be '' or 'tansu', not {self.broker_quirks!r}")
         if self.log_format not in ("json", "text"):
@@ -103,6 +106,8 @@ HELP: dict[str, str] = {
              " data_dir: a restart replays only the changelog tail)",
     "web_host": "address the HTTP server binds to (/health, /ready)",
     "web_port": "HTTP port of the worker",
+    "input_gaps": "refuse (a jump in an input partition's offsets is fetched again, never"
+                  " committed over) or accept (inputs written with Kafka transactions)",
     "partitions": "partitions for topics the router creates",
     "replication_factor": "replication factor for topics the router creates",
     "broker_quirks": "'tansu' switches on the workarounds for the embedded broker",

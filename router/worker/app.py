@@ -66,6 +66,7 @@ from router.settings import Settings, bootstrap_servers
 from router.worker.faust_fixes import (
     check_read_offset_generation,
     lower_fetch_wait,
+    refuse_input_gaps,
     trace_commits,
 )
 from router.worker.inspect_views import Inspector, register
@@ -106,11 +107,17 @@ class RouterApp:
         self.settings = settings
         self.rules = rules
         self.topics = Topics.with_prefix(settings.topic_prefix)
+        self.input_topics = [
+            self.topics.touchpoints, self.topics.profiles, self.topics.recycle,
+            self.topics.activity, self.topics.routing,
+        ]
         self.agent_started = False
         lower_fetch_wait(settings.fetch_max_wait_ms)
         check_read_offset_generation()
         if trace.isEnabledFor(logging.DEBUG):
             trace_commits(trace)
+        refuse_input_gaps(frozenset(self.input_topics if settings.input_gaps == "refuse"
+                                    else ()), log)
         self.accounts: CompactedTopicReader[NamedAccount] = CompactedTopicReader(
             bootstrap_servers(settings.broker),
             self.topics.accounts,
@@ -340,9 +347,12 @@ class RouterApp:
         @app.timer(interval=5.0)
         async def guard_partitions() -> None:
             guard.check(app)
-            await guard.check_commits(app)
             self.report_lag()
             READY.set(1 if self.readiness()["ready"] else 0)  # for scrapes between probes
+
+        @app.timer(interval=2.0)
+        async def guard_commits() -> None:
+            await guard.check_commits(app)
 
         @app.task
         async def load_reps() -> None:
