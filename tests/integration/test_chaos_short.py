@@ -4,19 +4,11 @@ replays the inputs through the pure rules and checks every output invariant (SPE
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-import pytest
 
 from router.chaos import longest_stall, run_chaos
 
 
-# Not in `make test` yet: the full chaos run still finds a partition whose offsets stop
-# advancing after a rebalance or broker pause (see the README, "Reliability"); a flaky test in
-# CI would hide every other result. Run it with `make chaos-short` (or LEADROUTER_CHAOS=1).
-@pytest.mark.skipif(not os.environ.get("LEADROUTER_CHAOS"),
-                    reason="fault injection: run with LEADROUTER_CHAOS=1 (make chaos-short)")
 async def test_kill_restart_and_join_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> None:
     lines: list[str] = []
     report, run = await run_chaos(full=False, workdir=tmp_path, rate=40.0, log=lines.append)
