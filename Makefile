@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit integration schemas bench-latency bench-sla chaos chaos-short clean
+.PHONY: demo test lint typecheck unit integration schemas bench bench-latency bench-sla chaos chaos-short clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "leadrouter needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -36,6 +36,9 @@ integration: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/leadrouter schemas export --out schemas
 
+bench: $(STAMP)
+	$(BIN)/leadrouter bench $(BENCH_ARGS)
+
 bench-latency: $(STAMP)
 	$(BIN)/leadrouter bench-latency $(BENCH_ARGS)
 
@@ -43,7 +46,7 @@ chaos: $(STAMP)
 	$(BIN)/leadrouter chaos
 
 chaos-short: $(STAMP)
-	LEADROUTER_CHAOS=1 $(BIN)/python -m pytest -q -s tests/integration/test_chaos_short.py
+	$(BIN)/python -m pytest -q -s tests/integration/test_chaos_short.py
 
 bench-sla: $(STAMP)
 	$(BIN)/leadrouter bench-sla $(BENCH_ARGS)

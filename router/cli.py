@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                        " memory, state, restore (embedded broker unless --broker)")
     p.add_argument("--broker", default=None, help="existing broker URL (the bench starts its"
                    " own workers on it)")
-    p.add_argument("--quick", action="store_true", help="a small load (a smoke run, about 2 min)")
+    p.add_argument("--quick", action="store_true", help="a small load (a smoke run, about 70 s)")
     p.set_defaults(func=_cmd_bench)
     return parser
 
