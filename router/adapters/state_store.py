@@ -7,16 +7,23 @@ Why not faust's `table[key] = value`: inside a `take()` batch faust picks the st
 may belong to another partition. Here the partition is always the input record's own.
 
 Write order (see router.worker.app): outputs are acknowledged first, then `put` writes the
-local store and hands the changelog record to the producer; faust flushes the producer before
-it commits the input offsets. With RocksDB, faust also records each partition's last
-acknowledged changelog offset inside that partition's database, so a restarted worker with
-the same data dir replays only the changelog records after it.
+local store, and `flush` sends the batch's changelog records and waits for the broker's acks
+before the input batch is acked (so before its offsets can be committed). With RocksDB each
+partition's database also records the last acknowledged changelog offset, so a restarted
+worker with the same data dir replays only the changelog records after it.
+
+Why not faust's `table.send_changelog`: it costs a FutureMessage, a buffer round and a
+per-record produce call for every state write, about a quarter of the worker's time under
+load (measured with py-spy in `make bench`). `flush` hands the broker one record batch per
+partition per input batch, built with aiokafka's batch API.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any, Protocol
+
+from faust.types import TP
 
 from router.metrics import CHANGELOG_RESTORED
 
@@ -35,6 +42,7 @@ class FaustTableState:
     def __init__(self, table: Any) -> None:
         self.table = table
         self.restored = 0
+        self._pending: dict[int, list[tuple[bytes, bytes | None]]] = {}
         apply_batch = table.apply_changelog_batch
 
         def counting_apply(batch: Any) -> None:
@@ -77,7 +85,33 @@ class FaustTableState:
         else:
             store[key] = value
             store._key_partition[key] = partition
-        self.table.send_changelog(partition, key, value)
+        self._pending.setdefault(partition, []).append((key, value))
+
+    async def flush(self) -> None:
+        """Send the changelog records written since the last flush and wait for the acks."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        producer = self.table.app.producer._ensure_producer()  # the app's aiokafka producer
+        topic = self.table.changelog_topic.get_topic_name()
+        sent: list[tuple[int, int, Any]] = []
+        for partition, records in pending.items():
+            batch, count = producer.create_batch(), 0
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                    sent.append((partition, count, await producer.send_batch(
+                        batch, topic, partition=partition)))
+                    batch, count = producer.create_batch(), 0
+                    batch.append(key=key, value=value, timestamp=None)  # a first one fits
+                count += 1
+            sent.append((partition, count,
+                         await producer.send_batch(batch, topic, partition=partition)))
+        rocksdb = self._is_rocksdb()
+        for partition, count, future in sent:
+            metadata = await future
+            if rocksdb:  # what a restart on this data dir need not replay
+                self._store.set_persisted_offset(TP(topic, partition),
+                                                 metadata.offset + count - 1)
 
     def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         store = self._store

@@ -93,17 +93,17 @@ class LeadState:
             raise ValueError(f"unsupported lead state format {raw.get('v')!r}")
 
         def touch(t: list[Any] | None) -> Touch | None:
-            return (t[0], t[1], t[2], t[3]) if t is not None else None
+            return tuple(t) if t is not None else None
 
         return cls(
             lead_id=raw["id"],
             cycle=raw["c"],
             stage=Stage(raw["s"]),
             newest_ts=raw["n"],
-            recent=[(t[0], t[1], t[2], t[3]) for t in raw["r"]],
+            recent=list(map(tuple, raw["r"])),  # 4-lists on the wire: Touch tuples here
             last_intent=touch(raw["i"]),
             last_tts=touch(raw["t"]),
-            pricing=[(t[0], t[1], t[2], t[3]) for t in raw["p"]],
+            pricing=list(map(tuple, raw["p"])),
             profile=raw["pf"],
             profile_ts=raw["pt"],
             account=(raw["a"][0], raw["a"][1]) if raw["a"] is not None else None,

@@ -9,6 +9,7 @@ per batch, which is what keeps the per-event cost low.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -113,9 +114,10 @@ class Qualifier:
         )
         states: dict[bytes, tuple[int, LeadState]] = {}
         dirty: set[bytes] = set()
+        counts: Counter[str] = Counter()  # metrics once per batch: labels() costs per call
         for record in records:
             try:
-                transitions = self._apply(record, now, ctx, states, load_state)
+                transitions = self._apply(record, now, ctx, states, load_state, counts)
             except Refused as refused:
                 result.outputs.append(self._dead_letter(record, refused, now))
                 continue
@@ -137,6 +139,11 @@ class Qualifier:
                     request = route_request(states[key][1], now)
                     value = orjson.dumps({"kind": "route", **request.to_json()})
                     result.outputs.append(Output(self.topics.routing, key, value))
+        for kind, n in counts.items():
+            if kind:
+                TOUCHPOINTS.labels(kind).inc(n)
+            else:
+                PROFILES.inc(n)
         for key in dirty:
             partition, state = states[key]
             result.state_writes[key] = (partition, state.to_bytes())
@@ -149,6 +156,7 @@ class Qualifier:
         ctx: Context,
         states: dict[bytes, tuple[int, LeadState]],
         load_state: Callable[[bytes], bytes | None],
+        touchpoint_counts: Counter[str],
     ) -> list[Transition]:
         event: Touchpoint | LeadProfile | dict[str, Any]
         if record.topic == self.topics.touchpoints:
@@ -170,10 +178,10 @@ class Qualifier:
         else:
             state = held[1]
         if isinstance(event, Touchpoint):
-            TOUCHPOINTS.labels(event.type.value).inc()
+            touchpoint_counts[event.type.value] += 1
             return apply_touchpoint(state, event, ctx)
         if isinstance(event, LeadProfile):
-            PROFILES.inc()
+            touchpoint_counts[""] += 1  # "" = a profile
             return apply_profile(state, event, ctx)
         return apply_recycle(
             state,

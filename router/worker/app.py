@@ -15,9 +15,9 @@ Commit order, per batch taken from a topic:
      for the broker's acks;
   3. only then write the changed state to the table's store and its changelog, on the
      partition of the input record (never faust's "current event", which in a batch may be
-     another partition's: the take() pitfall);
-  4. take_events acks the batch; faust flushes the producer (changelog included) before it
-     commits offsets.
+     another partition's: the take() pitfall), one record batch per partition, and WAIT for
+     those acks too (router.adapters.state_store);
+  4. take_events acks the batch; faust commits offsets only up to acked records.
 A crash before 3 replays the batch against the old state: the same outputs with the same
 deterministic event ids, which consumers drop. A crash after 3 cannot lose outputs, because
 they were acknowledged first. So state never runs ahead of what was published.
@@ -72,9 +72,6 @@ from router.worker.faust_fixes import (
 from router.worker.inspect_views import Inspector, register
 from router.worker.stall_guard import StallGuard
 
-# kept under its old name for the benchmark's faust-floor app
-_lower_fetch_wait = lower_fetch_wait
-
 log = logging.getLogger(__name__)
 # per-batch offset ranges, rebalances and commits: on (DEBUG) only with LEADROUTER_TRACE=1
 trace = logging.getLogger("router.trace")
@@ -98,6 +95,33 @@ def broker_credentials(settings: Settings) -> Any:
     if context is not None:
         return faust.SSLCredentials(context)
     return None
+
+
+def new_faust_app(s: Settings, app_id: str, *, web_enabled: bool, store: str) -> faust.App:
+    """The faust settings every leadrouter app shares (the benchmark's faust floor too, so
+    the two are compared on equal terms)."""
+    return faust.App(
+        app_id,
+        broker=s.broker,
+        store=store,
+        autodiscover=False,
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        datadir=s.data_dir,
+        web_enabled=web_enabled,
+        web_bind=s.web_host,
+        web_host=s.web_host,
+        web_port=s.web_port,
+        broker_session_timeout=s.session_timeout_seconds,
+        broker_heartbeat_interval=max(0.5, s.session_timeout_seconds / 5),
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        producer_linger_ms=1,
+        table_standby_replicas=0,
+        broker_credentials=broker_credentials(s),
+    )
 
 
 class RouterApp:
@@ -155,28 +179,8 @@ class RouterApp:
 
     def _build(self) -> faust.App:
         s = self.settings
-        app = faust.App(
-            s.app_id,
-            broker=s.broker,
-            store="rocksdb://" if s.store == "rocksdb" else "memory://",
-            autodiscover=False,
-            topic_partitions=s.partitions,
-            topic_replication_factor=s.replication_factor,
-            datadir=s.data_dir,
-            web_enabled=True,
-            web_bind=s.web_host,
-            web_host=s.web_host,
-            web_port=s.web_port,
-            broker_session_timeout=s.session_timeout_seconds,
-            broker_heartbeat_interval=max(0.5, s.session_timeout_seconds / 5),
-            broker_commit_interval=1.0,
-            consumer_auto_offset_reset="earliest",
-            processing_guarantee="at_least_once",
-            producer_acks=-1,
-            producer_linger_ms=1,
-            table_standby_replicas=0,
-            broker_credentials=broker_credentials(s),
-        )
+        app = new_faust_app(s, s.app_id, web_enabled=True,
+                            store="rocksdb://" if s.store == "rocksdb" else "memory://")
         table = app.Table(
             STATE_TABLE,
             default=None,
@@ -293,6 +297,7 @@ class RouterApp:
                                     extra={"partition": partition})
                         continue  # revoked while publishing: the new owner replays it
                     lead_state.put(partition, key, value)
+                await lead_state.flush()
                 BATCH_EVENTS.observe(len(records))
                 BATCH_SECONDS.observe(time.perf_counter() - started)
 
@@ -321,6 +326,7 @@ class RouterApp:
                     continue
                 for key, value in result.state_writes.items():
                     routing_state.put(0, key, value)
+                await routing_state.flush()
 
         @app.on_partitions_assigned.connect
         async def trace_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
 
 from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.topics import Topics
@@ -21,6 +22,22 @@ def touch(lead: str, n: int, kind: str) -> dict[str, object]:
             "occurred_at": (NOW - timedelta(days=10 - n)).isoformat()}
 
 
+async def feed_three_touches(producer: AIOKafkaProducer, topics: Topics, leads: list[str]
+                             ) -> RecordMetadata:
+    """A fit VP profile and three touches per lead (one pricing view): MQL, one pricing view
+    and one touch short of SQL. Returns the last record sent."""
+    last: RecordMetadata | None = None
+    for lead in leads:
+        await send(producer, topics.profiles, lead, {
+            "lead_id": lead, "updated_at": NOW.isoformat(), "seniority": "vp",
+            "company": {"employees": 500, "industry": "saas"}})
+        for n, kind in enumerate(["page_view", "pricing_page_view", "page_view"]):
+            # repeated updates of the same keys: many changelog records per lead
+            last = await send(producer, topics.touchpoints, lead, touch(lead, n, kind))
+    assert last is not None
+    return last
+
+
 async def test_state_survives_sigkill_and_restart(
     broker: EmbeddedBroker, producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
@@ -29,13 +46,7 @@ async def test_state_survives_sigkill_and_restart(
     worker = start_worker(broker, prefix, tmp_path)
     leads = [f"L-rec{i}" for i in range(40)]  # spread over all 8 partitions
     try:
-        for lead in leads:
-            await send(producer, topics.profiles, lead, {
-                "lead_id": lead, "updated_at": NOW.isoformat(), "seniority": "vp",
-                "company": {"employees": 500, "industry": "saas"}})
-            for n, kind in enumerate(["page_view", "pricing_page_view", "page_view"]):
-                # repeated updates of the same keys: many changelog records per lead
-                last = await send(producer, topics.touchpoints, lead, touch(lead, n, kind))
+        last = await feed_three_touches(producer, topics, leads)
         await wait_processed(broker, f"{prefix}leadrouter", last)
         before = await collect(broker, topics.transitions,
                                until=lambda rs: len(rs) >= len(leads), timeout=30)

@@ -14,7 +14,7 @@ from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.topics import Topics
 from router.local import WorkerProcess
 from tests.integration.conftest import collect, new_prefix, send, start_worker, wait_processed
-from tests.integration.test_recovery import NOW, touch
+from tests.integration.test_recovery import feed_three_touches, touch
 
 LEADS = [f"L-rdb{i}" for i in range(40)]
 TABLE = "lead-state"
@@ -26,17 +26,6 @@ def restored(worker: WorkerProcess) -> int:
     return int(body["changelog_records_restored"][TABLE])
 
 
-async def feed_three_touches(producer: AIOKafkaProducer, topics: Topics) -> object:
-    last = None
-    for lead in LEADS:
-        await send(producer, topics.profiles, lead, {
-            "lead_id": lead, "updated_at": NOW.isoformat(), "seniority": "vp",
-            "company": {"employees": 500, "industry": "saas"}})
-        for n, kind in enumerate(["page_view", "pricing_page_view", "page_view"]):
-            last = await send(producer, topics.touchpoints, lead, touch(lead, n, kind))
-    return last
-
-
 async def run_kill_restart(broker: EmbeddedBroker, producer: AIOKafkaProducer,
                            data_dir: Path, store: str) -> tuple[int, int]:
     """(changelog records replayed by the restarted worker, SQLs after the restart)."""
@@ -46,8 +35,8 @@ async def run_kill_restart(broker: EmbeddedBroker, producer: AIOKafkaProducer,
     worker = start_worker(broker, prefix, data_dir, **env)
     try:
         assert restored(worker) == 0  # a fresh data dir and an empty changelog
-        last = await feed_three_touches(producer, topics)
-        await wait_processed(broker, f"{prefix}leadrouter", last)  # type: ignore[arg-type]
+        last = await feed_three_touches(producer, topics, LEADS)
+        await wait_processed(broker, f"{prefix}leadrouter", last)
         await collect(broker, topics.transitions, until=lambda rs: len(rs) >= len(LEADS),
                       timeout=30)
         worker.kill()
