@@ -24,6 +24,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Test files run on 4 processes (each with its own embedded broker): the integration tests
+# mostly wait on brokers and workers, so this cuts the wall time from ~9.5 to ~3.5 minutes.
+# PYTEST_ARGS="-n 0" runs them one after another.
+PYTEST_ARGS ?= -n 4 --dist loadfile
+
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
