@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -25,6 +26,7 @@ class Settings:
     input_gaps: str = "refuse"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    web_advertised_url: str = ""
     partitions: int = 8
     replication_factor: int = 1
     broker_quirks: str = ""
@@ -92,6 +94,17 @@ class Settings:
                           sasl_plain_password=self.password())
         return kwargs
 
+    def advertised_url(self) -> str:
+        """Where the other workers reach this worker's HTTP views. Binding all interfaces
+        says nothing about how to be reached, so the host name stands in (in a StatefulSet
+        pod behind a headless service the fully qualified one resolves cluster-wide)."""
+        if self.web_advertised_url:
+            return self.web_advertised_url.rstrip("/")
+        host = self.web_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.getfqdn()
+        return f"http://{host}:{self.web_port}"
+
     @property
     def app_id(self) -> str:
         return f"{self.topic_prefix}leadrouter"
@@ -106,6 +119,9 @@ HELP: dict[str, str] = {
              " data_dir: a restart replays only the changelog tail)",
     "web_host": "address the HTTP server binds to (/health, /ready)",
     "web_port": "HTTP port of the worker",
+    "web_advertised_url": "URL other workers use to reach this one (lead views are answered"
+                          " by the owner); default http://<web host or, when binding all"
+                          " interfaces, this host's name>:<web port>",
     "input_gaps": "refuse (a jump in an input partition's offsets is fetched again, never"
                   " committed over) or accept (inputs written with Kafka transactions)",
     "partitions": "partitions for topics the router creates",

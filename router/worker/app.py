@@ -112,6 +112,7 @@ def new_faust_app(s: Settings, app_id: str, *, web_enabled: bool, store: str) ->
         web_bind=s.web_host,
         web_host=s.web_host,
         web_port=s.web_port,
+        canonical_url=s.advertised_url(),
         broker_session_timeout=s.session_timeout_seconds,
         broker_heartbeat_interval=max(0.5, s.session_timeout_seconds / 5),
         broker_commit_interval=1.0,
@@ -164,10 +165,7 @@ class RouterApp:
         self.routing = RoutingStage(
             rules, self.topics, __version__, self.reps.values, self.accounts.values
         )
-        self.stall_guard = StallGuard([
-            self.topics.touchpoints, self.topics.profiles, self.topics.recycle,
-            self.topics.activity, self.topics.routing,
-        ])
+        self.stall_guard = StallGuard(self.input_topics)
         self.app = self._build()
         metrics.prime(
             [self.topics.touchpoints, self.topics.profiles, self.topics.activity],
@@ -396,8 +394,7 @@ class RouterApp:
         except Exception:  # not started yet
             return
         ASSIGNED_PARTITIONS.set(len(assigned))
-        inputs = {self.topics.touchpoints, self.topics.profiles, self.topics.recycle,
-                  self.topics.activity, self.topics.routing}
+        inputs = set(self.input_topics)
         CONSUMER_LAG.clear()  # revoked partitions must not keep reporting an old lag
         for tp in assigned:
             if tp.topic not in inputs:

@@ -50,6 +50,13 @@ class Inspector:
 
     # ---- ownership ---------------------------------------------------------------------------
 
+    def check_settled(self) -> None:
+        """During a rebalance a worker may already own a partition whose state is still being
+        restored: it would answer "never seen" for a lead it has. Answer 503 instead."""
+        app = self.app
+        if getattr(app, "rebalancing", False) or not app.tables.recovery.completed.is_set():
+            raise NotAvailable("rebalancing or restoring state; try again shortly")
+
     def _owns(self, topic: str, partition: int) -> bool:
         try:
             return TP(topic, partition) in self.app.consumer.assignment()
@@ -115,9 +122,11 @@ class Inspector:
         return body["routing"]  # type: ignore[no-any-return]
 
     async def lead(self, lead_id: str) -> dict[str, Any]:
+        self.check_settled()
         return lead_view(lead_id, await self.qualification(lead_id), await self.routing(lead_id))
 
     async def reps(self) -> dict[str, Any]:
+        self.check_settled()
         if self.owns_routing():
             return rep_view(self.router_app.reps.values, self.local_routing_state(),
                             datetime.now(UTC))
@@ -147,12 +156,20 @@ def register(app: faust.App, inspector: Inspector) -> None:
 
     @app.page("/internal/leads/{lead_id}/qualification")
     async def lead_qualification(web: Any, request: Any, lead_id: str) -> Any:
+        try:
+            inspector.check_settled()
+        except NotAvailable as exc:
+            return unavailable(web, exc)
         if not inspector.owns_lead(lead_id):  # moved since the caller looked: let it retry
             return web.json({"error": "lead partition not owned here"}, status=503)
         return web.json({"qualification": inspector.local_qualification(lead_id)})
 
     @app.page("/internal/leads/{lead_id}/routing")
     async def lead_routing(web: Any, request: Any, lead_id: str) -> Any:
+        try:
+            inspector.check_settled()
+        except NotAvailable as exc:
+            return unavailable(web, exc)
         if not inspector.owns_routing():
             return web.json({"error": "routing partition not owned here"}, status=503)
         return web.json({"routing": routing_part(lead_id, inspector.local_routing_state())})

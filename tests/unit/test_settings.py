@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import ssl
 from pathlib import Path
 
@@ -85,3 +86,16 @@ def test_bootstrap_servers_accepts_faust_and_plain_forms() -> None:
     assert bootstrap_servers("h1,h2:1") == ["h1:9092", "h2:1"]
     with pytest.raises(ValueError, match="no broker address"):
         bootstrap_servers(" ; ")
+
+
+def test_advertised_url_for_the_lead_views() -> None:
+    assert Settings().advertised_url() == "http://127.0.0.1:6066"
+    assert Settings(web_host="10.0.0.5", web_port=7000).advertised_url() == \
+        "http://10.0.0.5:7000"
+    # binding every interface says nothing about how to be reached: the host name stands in
+    bound_all = Settings(web_host="0.0.0.0").advertised_url()
+    assert bound_all == f"http://{socket.getfqdn()}:6066"
+    assert "0.0.0.0" not in bound_all
+    explicit = Settings(web_host="0.0.0.0",
+                        web_advertised_url="http://leadrouter-0.leadrouter-headless:6066/")
+    assert explicit.advertised_url() == "http://leadrouter-0.leadrouter-headless:6066"
