@@ -870,48 +870,21 @@ class Bench:
         _log(f"raw: {rate:,.0f} events/s ({count:,}/{total:,} passed through)")
         return rate
 
-    async def floor(self, topic: str, total: int, mode: str) -> float:
-        app_id = f"{self.run}.floor-{mode}"
-        env = dict(os.environ)
-        env.update({"LEADROUTER_BROKER": self.broker_url,
-                    "LEADROUTER_PARTITIONS": str(self.config.partitions),
-                    "LEADROUTER_DATA_DIR": str(self.workdir / self.run / "data-floor"),
-                    "PYTHONUNBUFFERED": "1"})
-        log_path = self.workdir / f"floor-{mode}.log"
+    async def consumer_process(self, name: str, args: list[str], group: str, topic: str,
+                               total: int, env: dict[str, str]) -> float:
+        """Run `python -m <args>` (a consumer in `group`) until it has committed `total`
+        records of `topic`; its rate between the warm-up and end marks, like the router's."""
+        full_env = dict(os.environ)
+        full_env.update({"LEADROUTER_BROKER": self.broker_url,
+                         "LEADROUTER_PARTITIONS": str(self.config.partitions),
+                         "PYTHONUNBUFFERED": "1", **env})
+        log_path = self.workdir / f"{name}.log"
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "router.bench_floor", "--topic", topic,
-                 "--app-id", app_id, "--mode", mode],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen([sys.executable, "-m", *args], stdout=log,
+                                    stderr=subprocess.STDOUT, env=full_env,
+                                    start_new_session=True)
         self.procs.others.append(proc)
-        _log(f"floor-{mode}: started (pid {proc.pid}, log {log_path})")
-        admin = await self.admin()
-        try:
-            samples = await sample_commits(admin, app_id, self.tps(topic), total,
-                                           self.config.phase_timeout, self.procs.check)
-        finally:
-            await admin.close()
-            _kill_group(proc)
-            self.procs.others.remove(proc)
-        rate = throughput(samples, WARMUP_FRACTION * total, END_FRACTION * total)
-        _log(f"floor-{mode}: {rate:,.0f} events/s ({samples[-1][1]:,}/{total:,} committed)")
-        return rate
-
-    async def direct(self, inputs: str, topic: str, total: int) -> float:
-        """The batched-ingestion prototype (router/bench_direct.py) on phase 1's inputs."""
-        group = f"{self.run}.direct"
-        env = dict(os.environ)
-        env.update({"LEADROUTER_BROKER": self.broker_url, "LEADROUTER_RULES": "",
-                    "LEADROUTER_PARTITIONS": str(self.config.partitions),
-                    "PYTHONUNBUFFERED": "1"})
-        log_path = self.workdir / "direct.log"
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "router.bench_direct", "--inputs", inputs,
-                 "--outputs", f"{self.run}.direct.", "--group", group],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.procs.others.append(proc)
-        _log(f"direct: started (pid {proc.pid}, log {log_path})")
+        _log(f"{name}: started (pid {proc.pid}, log {log_path})")
         admin = await self.admin()
         try:
             samples = await sample_commits(admin, group, self.tps(topic), total,
@@ -921,9 +894,26 @@ class Bench:
             _kill_group(proc)
             self.procs.others.remove(proc)
         rate = throughput(samples, WARMUP_FRACTION * total, END_FRACTION * total)
-        _log(f"direct: {rate:,.0f} touchpoints/s ({samples[-1][1]:,}/{total:,} committed;"
-             " profiles read alongside)")
+        _log(f"{name}: {rate:,.0f} events/s of {topic} ({samples[-1][1]:,}/{total:,}"
+             " committed)")
         return rate
+
+    async def floor(self, topic: str, total: int, mode: str) -> float:
+        app_id = f"{self.run}.floor-{mode}"
+        return await self.consumer_process(
+            f"floor-{mode}", ["router.bench_floor", "--topic", topic, "--app-id", app_id,
+                              "--mode", mode],
+            app_id, topic, total,
+            {"LEADROUTER_DATA_DIR": str(self.workdir / self.run / "data-floor")})
+
+    async def direct(self, inputs: str, topic: str, total: int) -> float:
+        """The batched-ingestion prototype (router/bench_direct.py) on phase 1's inputs; it
+        reads the profiles alongside, and its rate counts the touchpoints."""
+        group = f"{self.run}.direct"
+        return await self.consumer_process(
+            "direct", ["router.bench_direct", "--inputs", inputs,
+                       "--outputs", f"{self.run}.direct.", "--group", group],
+            group, topic, total, {"LEADROUTER_RULES": ""})
 
     # ---------------------------------------------------------------- all of it
 

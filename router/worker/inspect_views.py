@@ -155,21 +155,21 @@ def register(app: faust.App, inspector: Inspector) -> None:
             return unavailable(web, exc)
 
     @app.page("/internal/leads/{lead_id}/qualification")
-    async def lead_qualification(web: Any, request: Any, lead_id: str) -> Any:
+    def internal(web: Any, owned: bool, what: str, answer: Any) -> Any:
+        """An owner's part, or 503 (the caller retries) while settling or after a move."""
         try:
             inspector.check_settled()
         except NotAvailable as exc:
             return unavailable(web, exc)
-        if not inspector.owns_lead(lead_id):  # moved since the caller looked: let it retry
-            return web.json({"error": "lead partition not owned here"}, status=503)
-        return web.json({"qualification": inspector.local_qualification(lead_id)})
+        if not owned:
+            return web.json({"error": f"{what} partition not owned here"}, status=503)
+        return web.json(answer())
+
+    async def lead_qualification(web: Any, request: Any, lead_id: str) -> Any:
+        return internal(web, inspector.owns_lead(lead_id), "lead", lambda: {
+            "qualification": inspector.local_qualification(lead_id)})
 
     @app.page("/internal/leads/{lead_id}/routing")
     async def lead_routing(web: Any, request: Any, lead_id: str) -> Any:
-        try:
-            inspector.check_settled()
-        except NotAvailable as exc:
-            return unavailable(web, exc)
-        if not inspector.owns_routing():
-            return web.json({"error": "routing partition not owned here"}, status=503)
-        return web.json({"routing": routing_part(lead_id, inspector.local_routing_state())})
+        return internal(web, inspector.owns_routing(), "routing", lambda: {
+            "routing": routing_part(lead_id, inspector.local_routing_state())})
