@@ -154,7 +154,6 @@ def register(app: faust.App, inspector: Inspector) -> None:
         except NotAvailable as exc:
             return unavailable(web, exc)
 
-    @app.page("/internal/leads/{lead_id}/qualification")
     def internal(web: Any, owned: bool, what: str, answer: Any) -> Any:
         """An owner's part, or 503 (the caller retries) while settling or after a move."""
         try:
@@ -165,6 +164,7 @@ def register(app: faust.App, inspector: Inspector) -> None:
             return web.json({"error": f"{what} partition not owned here"}, status=503)
         return web.json(answer())
 
+    @app.page("/internal/leads/{lead_id}/qualification")
     async def lead_qualification(web: Any, request: Any, lead_id: str) -> Any:
         return internal(web, inspector.owns_lead(lead_id), "lead", lambda: {
             "qualification": inspector.local_qualification(lead_id)})
