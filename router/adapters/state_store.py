@@ -21,28 +21,21 @@ partition per input batch, built with aiokafka's batch API.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from faust.types import TP
 
 from router.metrics import CHANGELOG_RESTORED
 
 
-class PartitionedState(Protocol):
-    def get(self, partition: int, key: bytes) -> bytes | None: ...
-
-    def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
-
-    def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]: ...
-
-
 class FaustTableState:
-    """A faust table (memory or RocksDB store) seen as PartitionedState."""
+    """A faust table (memory or RocksDB store) as get / put / flush / items by partition."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
         self.restored = 0
         self._pending: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        self._rocksdb: bool | None = None  # known once faust has created the store
         apply_batch = table.apply_changelog_batch
 
         def counting_apply(batch: Any) -> None:
@@ -59,7 +52,9 @@ class FaustTableState:
         return self.table.data
 
     def _is_rocksdb(self) -> bool:
-        return hasattr(self._store, "_db_for_partition")
+        if self._rocksdb is None:  # asked on every put: decide it once
+            self._rocksdb = hasattr(self._store, "_db_for_partition")
+        return self._rocksdb
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         store = self._store
