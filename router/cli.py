@@ -12,7 +12,7 @@ from router import __version__
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from router.adapters.embedded_broker import BrokerError, EmbeddedBroker
+    from router.harness.brokers.tansu import BrokerError, EmbeddedBroker
 
     broker = EmbeddedBroker(host=args.host, port=args.port)
     try:
@@ -79,27 +79,27 @@ def _cmd_schemas_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from router.demo import run_demo
+    from router.harness.demo import run_demo
 
     return run_demo(duration=args.duration, rate=args.rate, leads=args.leads,
                     web_port=args.web_port, seed=args.seed)
 
 
 def _cmd_bench_latency(args: argparse.Namespace) -> int:
-    from router.bench_latency import run_latency_bench
+    from router.harness.bench.latency import run_latency_bench
 
     return run_latency_bench(samples=args.samples, rate=args.rate, broker=args.broker)
 
 
 def _cmd_bench_sla(args: argparse.Namespace) -> int:
-    from router.bench_sla import run_sla_bench
+    from router.harness.bench.sla import run_sla_bench
 
     return run_sla_bench(timers=args.timers, budget_seconds=args.budget_seconds,
                          spread_seconds=args.spread_seconds)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from router.bench import run_bench
+    from router.harness.bench.run import run_bench
 
     return run_bench(broker=args.broker, quick=args.quick)
 
@@ -111,7 +111,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_chaos(args: argparse.Namespace) -> int:
-    from router.chaos import main as chaos_main
+    from router.harness.chaos import main as chaos_main
 
     return chaos_main(full=not args.short, rate=args.rate)
 

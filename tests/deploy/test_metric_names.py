@@ -24,9 +24,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.topics import Topics
-from router.local import WorkerProcess
+from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.workers import WorkerProcess
 from tests.deploy.test_manifests import (
     PROMETHEUS_GENERATED,
     all_exprs,

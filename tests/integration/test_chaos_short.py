@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router.chaos import longest_stall, run_chaos
+from router.harness.chaos import longest_stall, run_chaos
 
 
 async def test_kill_restart_and_join_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.topics import Topics
-from router.local import WorkerProcess
+from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.workers import WorkerProcess
 from tests.integration.conftest import collect, send
 
 NOW = datetime.now(UTC)

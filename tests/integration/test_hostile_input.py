@@ -30,12 +30,12 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.topics import Topics
 from router.adapters.wire import REFUSAL_REASONS, Refused, decode, decode_profile, decode_touchpoint
 from router.domain.events import DeadLetter, SalesActivity
 from router.domain.qualification import event_time_problem
 from router.domain.rules import load_rules
+from router.harness.brokers.tansu import EmbeddedBroker
 from tests.integration.conftest import collect, new_prefix, start_worker
 
 RULES = load_rules()

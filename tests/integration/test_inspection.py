@@ -16,9 +16,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.topics import Topics
-from router.local import WorkerProcess
+from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.workers import WorkerProcess
 from tests.integration.conftest import collect, new_prefix, send, start_worker
 from tests.integration.test_routing_two_workers import wait_ready_with_roster
 

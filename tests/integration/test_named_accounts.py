@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from router.adapters.compacted_reader import CompactedTopicReader
-from router.adapters.embedded_broker import EmbeddedBroker
+from router.harness.brokers.tansu import EmbeddedBroker
 from tests.integration.conftest import new_prefix
 
 

@@ -28,9 +28,9 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import RecordMetadata
 
-from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.topics import Topics, ensure_topics
 from router.domain.events import Assignment, SlaEvent, Transition
+from router.harness.brokers.tansu import EmbeddedBroker
 from router.notify import Notifier, NotifyConfig
 from router.settings import Settings
 from tests.integration.conftest import new_prefix, send

@@ -9,9 +9,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.topics import Topics
-from router.local import WorkerProcess
+from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.workers import WorkerProcess
 from tests.integration.conftest import collect, send, wait_processed
 
 NOW = datetime.now(UTC).replace(microsecond=0)

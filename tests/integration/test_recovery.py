@@ -10,8 +10,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
-from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.topics import Topics
+from router.harness.brokers.tansu import EmbeddedBroker
 from tests.integration.conftest import collect, new_prefix, send, start_worker, wait_processed
 
 NOW = datetime.now(UTC).replace(microsecond=0)

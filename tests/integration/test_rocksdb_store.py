@@ -10,9 +10,9 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.topics import Topics
-from router.local import WorkerProcess
+from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.workers import WorkerProcess
 from tests.integration.conftest import collect, new_prefix, send, start_worker, wait_processed
 from tests.integration.test_recovery import feed_three_touches, touch
 

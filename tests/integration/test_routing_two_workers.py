@@ -11,8 +11,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.topics import Topics
+from router.harness.brokers.tansu import EmbeddedBroker
 from tests.integration.conftest import collect, new_prefix, send, start_worker
 
 NOW = datetime.now(UTC).replace(microsecond=0)

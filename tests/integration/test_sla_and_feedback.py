@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.topics import Topics
-from router.local import WorkerProcess
+from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.workers import WorkerProcess
 from tests.integration.conftest import collect, new_prefix, send, start_worker
 
 BUDGET_SECONDS = 3.0

@@ -8,8 +8,8 @@ import asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.tansu_quirks import fetch_end_offsets
+from router.harness.brokers.tansu import EmbeddedBroker
 from tests.integration.conftest import new_prefix
 
 

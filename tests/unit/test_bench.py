@@ -11,7 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from router.bench import (
+from router.domain.events import LeadProfile, Rep, Touchpoint
+from router.domain.rules import load_rules
+from router.harness.bench.run import (
     MAX_TOUCHPOINT_BYTES,
     MIN_TOUCHPOINT_BYTES,
     REQUIRED_KEYS,
@@ -31,8 +33,6 @@ from router.bench import (
     state_size,
     throughput,
 )
-from router.domain.events import LeadProfile, Rep, Touchpoint
-from router.domain.rules import load_rules
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

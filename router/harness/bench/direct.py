@@ -1,6 +1,6 @@
 """A prototype for `leadrouter bench`: qualification on a plain aiokafka loop, no faust.
 
-    LEADROUTER_BROKER=kafka://127.0.0.1:9092 python -m router.bench_direct \
+    LEADROUTER_BROKER=kafka://127.0.0.1:9092 python -m router.harness.bench.direct \
         --inputs bench1.r1. --outputs bench1.direct. --group bench1.direct
 
 It measures the design proposed to lift the faust ceiling ("a batched ingestion path"): the
@@ -94,7 +94,7 @@ async def run(inputs: str, outputs: str, group: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m router.bench_direct",
+    parser = argparse.ArgumentParser(prog="python -m router.harness.bench.direct",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", required=True, help="topic prefix to read inputs from")
     parser.add_argument("--outputs", required=True, help="topic prefix to write under")

@@ -18,7 +18,7 @@ asserted.
   3. raw: a plain aiokafka consumer group passes phase 1's touchpoints through to an output
      topic (getmany, send, wait for the acks, commit each second, like faust's 1 s interval);
      counted in process.
-  4. faust floor: `python -m router.bench_floor`, a bare faust agent on phase 1's touchpoints
+  4. faust floor: `python -m router.harness.bench.floor`: a faust agent on phase 1's touchpoints
      with the worker's settings, once with `take_events` and once with `async for`, measured
      from committed offsets like the router; the faster is the floor.
   5. restore: once the killed worker's session has expired (so the new worker's join does not
@@ -57,14 +57,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from router.adapters.embedded_broker import EmbeddedBroker
 from router.adapters.tansu_quirks import fetch_end_offsets
 from router.adapters.topics import Topics, ensure_topics
 from router.domain.events import Rep
 from router.domain.rules import load_rules
-from router.local import WorkerProcess
+from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.traffic import BEHAVIOUR, PEOPLE, TOPICS, TrafficGenerator, _pick, _rep
+from router.harness.workers import WorkerProcess
 from router.settings import Settings, bootstrap_servers, from_env
-from router.traffic import BEHAVIOUR, PEOPLE, TOPICS, TrafficGenerator, _pick, _rep
 
 MIN_TOUCHPOINT_BYTES = 200
 MAX_TOUCHPOINT_BYTES = 400
@@ -201,7 +201,7 @@ def add_ratios(result: dict[str, Any]) -> dict[str, Any]:
                                        out["raw_events_per_s"]), 3)
     out["two_vs_one_worker"] = round(ratio(out["router_2w_events_per_s"],
                                            out["router_1w_events_per_s"]), 3)
-    if "direct_events_per_s" in out:  # the design prototype (router/bench_direct.py)
+    if "direct_events_per_s" in out:  # the design prototype (router/harness/bench/direct.py)
         out["direct_vs_floor"] = round(ratio(out["direct_events_per_s"],
                                              out["floor_events_per_s"]), 3)
     return out
@@ -537,7 +537,7 @@ class BenchConfig:
     phase_timeout: float = 150.0  # most seconds one throughput phase may take
     floor_modes: tuple[str, ...] = ("take", "iter")
     mode: str = "full"
-    direct: bool = True  # also measure the batched-ingestion prototype (router/bench_direct.py)
+    direct: bool = True  # also measure the batched-ingestion prototype (bench/direct.py)
 
 
 QUICK = BenchConfig(leads=5_000, touchpoints=20_000, latency_seconds=6.0, max_probe_rate=20.0,
@@ -901,17 +901,17 @@ class Bench:
     async def floor(self, topic: str, total: int, mode: str) -> float:
         app_id = f"{self.run}.floor-{mode}"
         return await self.consumer_process(
-            f"floor-{mode}", ["router.bench_floor", "--topic", topic, "--app-id", app_id,
+            f"floor-{mode}", ["router.harness.bench.floor", "--topic", topic, "--app-id", app_id,
                               "--mode", mode],
             app_id, topic, total,
             {"LEADROUTER_DATA_DIR": str(self.workdir / self.run / "data-floor")})
 
     async def direct(self, inputs: str, topic: str, total: int) -> float:
-        """The batched-ingestion prototype (router/bench_direct.py) on phase 1's inputs; it
+        """The batched-ingestion prototype (router/harness/bench/direct.py) on phase 1's inputs; it
         reads the profiles alongside, and its rate counts the touchpoints."""
         group = f"{self.run}.direct"
         return await self.consumer_process(
-            "direct", ["router.bench_direct", "--inputs", inputs,
+            "direct", ["router.harness.bench.direct", "--inputs", inputs,
                        "--outputs", f"{self.run}.direct.", "--group", group],
             group, topic, total, {"LEADROUTER_RULES": ""})
 

@@ -28,12 +28,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from router.adapters.embedded_broker import EmbeddedBroker, free_port
 from router.adapters.tansu_quirks import fetch_end_offsets
 from router.adapters.topics import Topics
 from router.domain.rules import parse_rules
-from router.local import WorkerProcess
-from router.traffic import TrafficGenerator
+from router.harness.brokers.tansu import EmbeddedBroker, free_port
+from router.harness.traffic import TrafficGenerator
+from router.harness.workers import WorkerProcess
 from router.verify import Report, verify
 
 SLA_SECONDS = 15.0

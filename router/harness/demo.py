@@ -20,11 +20,11 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from router.adapters.embedded_broker import BrokerError, EmbeddedBroker
 from router.adapters.topics import Topics
-from router.local import WorkerProcess
+from router.harness.brokers.tansu import BrokerError, EmbeddedBroker
+from router.harness.traffic import TrafficGenerator
+from router.harness.workers import WorkerProcess
 from router.logs import mask_name
-from router.traffic import TrafficGenerator
 
 PANEL_SECONDS = 2.0
 
@@ -249,7 +249,7 @@ def run_demo(duration: float | None, rate: float, leads: int, web_port: int, see
         workdir / "demo-worker.log",
         web_port=web_port,
         env={"LEADROUTER_DATA_DIR": str(workdir / "data"),
-             "LEADROUTER_RULES": str(resources.files("router") / "demo_rules.yaml")},
+             "LEADROUTER_RULES": str(resources.files("router") / "harness/demo_rules.yaml")},
     )
     try:
         worker.start()

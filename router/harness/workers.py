@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from router.adapters.embedded_broker import EmbeddedBroker, free_port
+from router.harness.brokers.tansu import EmbeddedBroker, free_port
 
 
 @dataclass

@@ -1,13 +1,13 @@
 """The faust floor for `leadrouter bench`: a bare faust agent that reads a topic and does nothing.
 
-    LEADROUTER_BROKER=kafka://127.0.0.1:9092 python -m router.bench_floor \
+    LEADROUTER_BROKER=kafka://127.0.0.1:9092 python -m router.harness.bench.floor \
         --topic bench.leads.touchpoints --app-id bench-floor-take --mode take
 
 Same broker settings as the router's worker (router/worker/app.py): memory store, the lowered
 fetch wait (`lower_fetch_wait`), at-least-once with a 1 s commit interval, raw key and value
 serializers, and the worker's batch size and wait. Settings come from the same `LEADROUTER_*`
 environment variables. `--mode take` reads with `take_events` like the router's agents;
-`--mode iter` with a plain `async for`. The bench (router/bench.py) counts progress from the
+`--mode iter` with a plain `async for`. The bench (bench/run.py) counts progress from the
 offsets this consumer group commits, exactly as it does for the router, so both are measured
 the same way.
 """
@@ -55,7 +55,7 @@ def build_floor_app(settings: Settings, topic: str, app_id: str, mode: str) -> f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m router.bench_floor",
+    parser = argparse.ArgumentParser(prog="python -m router.harness.bench.floor",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--topic", required=True, help="topic to read (must exist)")
     parser.add_argument("--app-id", required=True, help="faust app id = consumer group")

@@ -23,7 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from router.adapters.topics import Topics
-from router.local import local_router
+from router.harness.workers import local_router
 from router.settings import bootstrap_servers
 
 

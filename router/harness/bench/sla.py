@@ -20,7 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from router.adapters.topics import Topics
-from router.local import local_router
+from router.harness.workers import local_router
 
 
 async def _measure(bootstrap: str, timers: int, budget_seconds: float, spread_seconds: float
