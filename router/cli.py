@@ -12,16 +12,21 @@ from router import __version__
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from router.harness.brokers.tansu import BrokerError, EmbeddedBroker
+    from router.harness.brokers import BrokerError, describe, local_broker
 
-    broker = EmbeddedBroker(host=args.host, port=args.port)
     try:
+        broker = local_broker(args.kind, port=args.port, nodes=args.nodes,
+                              data_dir=Path(args.data_dir) if args.data_dir else None,
+                              host=args.host)
+        print(f"starting the {describe(broker)} ...", flush=True)
         broker.start()
     except BrokerError as exc:
         print(f"leadrouter broker: {exc}", file=sys.stderr)
         return 2
-    print(f"embedded broker (Tansu, in memory) listening on {broker.url}", flush=True)
-    print("set LEADROUTER_BROKER=" + broker.url + " LEADROUTER_BROKER_QUIRKS=tansu", flush=True)
+    print(f"{describe(broker)} listening on {broker.url}", flush=True)
+    print(f"bootstrap: {broker.bootstrap}", flush=True)
+    print("set LEADROUTER_BROKER=" + broker.url + " (workers recognise the broker and switch"
+          " its workarounds on by themselves)", flush=True)
     stopping = False
 
     def _stop(signum: int, frame: object) -> None:
@@ -32,17 +37,19 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     try:
         while not stopping:
-            if broker.process is None or broker.process.poll() is not None:
-                print("leadrouter broker: the broker process exited", file=sys.stderr)
+            if not broker.alive():
+                print("leadrouter broker: a broker process exited", file=sys.stderr)
                 return 1
             time.sleep(0.2)
     finally:
         broker.stop()
-        print("embedded broker stopped", flush=True)
+        print("broker stopped" + ("" if args.data_dir else "; its temporary data removed"),
+              flush=True)
     return 0
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from router.adapters.broker_kind import WrongBroker
     from router.adapters.topics import BrokerUnreachable
     from router.domain.rules import RulesError
     from router.settings import from_args
@@ -51,7 +58,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     try:
         settings = from_args(args)
         run_worker(settings)
-    except (RulesError, BrokerUnreachable, ValueError) as exc:
+    except (RulesError, BrokerUnreachable, WrongBroker, ValueError) as exc:
         print(f"leadrouter worker: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -82,7 +89,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from router.harness.demo import run_demo
 
     return run_demo(duration=args.duration, rate=args.rate, leads=args.leads,
-                    web_port=args.web_port, seed=args.seed)
+                    web_port=args.web_port, seed=args.seed, kind=args.kind)
 
 
 def _cmd_bench_latency(args: argparse.Namespace) -> int:
@@ -175,9 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"leadrouter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
+    p = sub.add_parser("broker", help="run a local broker: Apache Kafka (KRaft) or Tansu")
+    p.add_argument("--kind", choices=("kafka", "tansu"), default=None,
+                   help="kafka (default; needs Java 17 and Maven) or tansu (pip-only fallback);"
+                        " default from LEADROUTER_LOCAL_BROKER")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--nodes", type=int, default=1, choices=(1, 3),
+                   help="3: three KRaft voters, replication factor 3, min.insync.replicas 2")
+    p.add_argument("--data-dir", default=None,
+                   help="keep topics, offsets and groups here across restarts (default: a"
+                        " temporary folder removed on stop)")
     p.set_defaults(func=_cmd_broker)
 
     # no abbreviations: "--sasl-password" must not quietly mean "--sasl-password-file"
@@ -192,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leads", type=int, default=400, help="distinct synthetic leads")
     p.add_argument("--web-port", type=int, default=6066)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--kind", choices=("kafka", "tansu"), default=None,
+                   help="the local broker (default: LEADROUTER_LOCAL_BROKER, else kafka)")
     p.set_defaults(func=_cmd_demo)
 
     lead = sub.add_parser("lead", help="inspect one lead").add_subparsers(

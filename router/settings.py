@@ -29,10 +29,11 @@ class Settings:
     web_advertised_url: str = ""
     partitions: int = 8
     replication_factor: int = 1
-    broker_quirks: str = ""
+    broker_quirks: str = "auto"
     broker_wait_seconds: float = 60.0
     session_timeout_seconds: float = 10.0
     fetch_max_wait_ms: int = 100
+    compacted_segment_ms: int = 3_600_000
     batch_size: int = 500
     batch_wait_ms: int = 10
     log_format: str = "json"
@@ -53,8 +54,9 @@ class Settings:
             raise ValueError(f"store must be one of {', '.join(STORES)}, not {self.store!r}")
         if self.input_gaps not in ("refuse", "accept"):
             raise ValueError(f"input_gaps must be 'refuse' or 'accept', not {self.input_gaps!r}")
-        if self.broker_quirks not in ("", "tansu"):
-            raise ValueError(f"broker_quirks must be '' or 'tansu', not {self.broker_quirks!r}")
+        if self.broker_quirks not in BROKER_QUIRKS:
+            raise ValueError(f"broker_quirks must be one of {', '.join(BROKER_QUIRKS)},"
+                             f" not {self.broker_quirks!r}")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log_format must be 'json' or 'text', not {self.log_format!r}")
         if self.security_protocol not in SECURITY_PROTOCOLS:
@@ -110,6 +112,9 @@ class Settings:
         return f"{self.topic_prefix}leadrouter"
 
 
+BROKER_QUIRKS = ("auto", "tansu", "none")
+
+
 HELP: dict[str, str] = {
     "broker": "Kafka bootstrap URL, e.g. kafka://host:9092 (several: kafka://h1:9092;h2:9092)",
     "rules": "rules file (YAML); default: the shipped SPEC defaults",
@@ -126,10 +131,15 @@ HELP: dict[str, str] = {
                   " committed over) or accept (inputs written with Kafka transactions)",
     "partitions": "partitions for topics the router creates",
     "replication_factor": "replication factor for topics the router creates",
-    "broker_quirks": "'tansu' switches on the workarounds for the embedded broker",
+    "broker_quirks": "auto (recognise the broker at start and switch on its workarounds),"
+                     " tansu (insist on the Tansu fallback broker) or none (insist on a"
+                     " broker that needs none: the worker refuses to start on Tansu)",
     "broker_wait_seconds": "how long to wait for the broker at start before giving up",
     "session_timeout_seconds": "consumer-group session timeout (failover time after a crash)",
     "fetch_max_wait_ms": "longest a fetch waits for data (latency floor per hop)",
+    "compacted_segment_ms": "segment.ms of the compacted topics the router creates (roster,"
+                            " accounts, state changelogs): Kafka compacts closed segments"
+                            " only, so this bounds how much history a restore replays",
     "batch_size": "most events processed per batch",
     "batch_wait_ms": "how long a batch waits to fill before it is processed",
     "log_format": "json (one object per line) or text",

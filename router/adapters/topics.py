@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
+from router.adapters.broker_kind import BrokerIdentity, identify
 from router.settings import Settings, bootstrap_servers
 
 log = logging.getLogger(__name__)
@@ -108,25 +109,57 @@ async def connect_admin(settings: Settings) -> AIOKafkaAdminClient:
             await asyncio.sleep(min(2.0, 0.2 * attempt))
 
 
+async def prepare_broker(settings: Settings, topics: Topics) -> tuple[BrokerIdentity, list[str]]:
+    """Who the broker is (so the worker can switch on its workarounds), and the SPEC topics
+    created because they did not exist yet."""
+    admin = await connect_admin(settings)
+    try:
+        identity = await identify(admin)
+        return identity, await _ensure_topics(admin, settings, topics)
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(settings: Settings, topics: Topics) -> list[str]:
     """Create the SPEC topics that do not exist yet; returns the names created."""
     admin = await connect_admin(settings)
     try:
-        existing = set(await admin.list_topics())
-        missing = [t for t in topics.all() if t not in existing]
-        if not missing:
-            return []
-        new = [
-            NewTopic(
-                name=name,
-                num_partitions=topics.partitions(name, settings.partitions),
-                replication_factor=settings.replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if name in topics.compacted else {},
-            )
-            for name in missing
-        ]
-        with contextlib.suppress(TopicAlreadyExistsError):  # another worker was faster
-            await admin.create_topics(new)
-        return missing
+        return await _ensure_topics(admin, settings, topics)
     finally:
         await admin.close()
+
+
+async def _ensure_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: Topics
+                         ) -> list[str]:
+    existing = set(await admin.list_topics())
+    missing = [t for t in topics.all() if t not in existing]
+    if not missing:
+        return []
+    new = [
+        NewTopic(
+            name=name,
+            num_partitions=topics.partitions(name, settings.partitions),
+            replication_factor=settings.replication_factor,
+            topic_configs=compacted_topic_configs(settings) if name in topics.compacted else {},
+        )
+        for name in missing
+    ]
+    with contextlib.suppress(TopicAlreadyExistsError):  # another worker was faster
+        await admin.create_topics(new)
+    return missing
+
+
+def compacted_topic_configs(settings: Settings) -> dict[str, str]:
+    """Configs for the compacted topics the router creates (roster, accounts, changelogs).
+
+    Kafka never cleans a partition's active segment, and its default segment lasts 7 days,
+    so without a shorter one a week of updates per key is replayed on every restore. One
+    hour bounds that; a dirty ratio of 0.1 (default 0.5) keeps restores close to one record
+    per live key; tombstones stay a day so that a reader catching up still sees removals.
+    """
+    return {
+        "cleanup.policy": "compact",
+        "segment.ms": str(settings.compacted_segment_ms),
+        "min.cleanable.dirty.ratio": "0.1",
+        "delete.retention.ms": str(24 * 3600 * 1000),
+    }

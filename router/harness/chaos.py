@@ -31,7 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from router.adapters.tansu_quirks import fetch_end_offsets
 from router.adapters.topics import Topics
 from router.domain.rules import parse_rules
-from router.harness.brokers.tansu import EmbeddedBroker, free_port
+from router.harness.brokers import KafkaBroker, TansuBroker, free_port, local_broker
 from router.harness.traffic import TrafficGenerator
 from router.harness.workers import WorkerProcess
 from router.verify import Report, verify
@@ -91,7 +91,7 @@ async def _lag(bootstrap: str, group: str, topics: list[str]) -> int:
     return lag
 
 
-async def run_chaos(full: bool, workdir: Path, rate: float = 60.0,
+async def run_chaos(full: bool, workdir: Path, rate: float = 60.0, kind: str | None = None,
                     log: Callable[[str], None] = print) -> tuple[Report, ChaosRun]:
     workdir.mkdir(parents=True, exist_ok=True)
     rules_path = workdir / "chaos-rules.yaml"
@@ -99,7 +99,7 @@ async def run_chaos(full: bool, workdir: Path, rate: float = 60.0,
     run = ChaosRun(workdir, rate)
     topics = run.topics
     port = free_port()
-    broker = EmbeddedBroker(port=port, log_path=workdir / "broker.log")
+    broker = local_broker(kind, port=port, log_path=workdir / "broker.log")
     workers: list[WorkerProcess] = []
     start = time.monotonic()
 
@@ -199,7 +199,7 @@ async def run_chaos(full: bool, workdir: Path, rate: float = 60.0,
         broker.stop()
 
 
-async def _probe(run: ChaosRun, broker: EmbeddedBroker, result: FaultResult) -> None:
+async def _probe(run: ChaosRun, broker: KafkaBroker | TansuBroker, result: FaultResult) -> None:
     lead = f"PROBE-{len(run.probes)}-{uuid.uuid4().hex[:4]}"
     run.probes[lead] = result
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, request_timeout_ms=60_000)
@@ -216,7 +216,7 @@ async def _probe(run: ChaosRun, broker: EmbeddedBroker, result: FaultResult) -> 
         await producer.stop()
 
 
-async def _traffic(run: ChaosRun, broker: EmbeddedBroker, stop: asyncio.Event) -> None:
+async def _traffic(run: ChaosRun, broker: KafkaBroker | TansuBroker, stop: asyncio.Event) -> None:
     topics = run.topics
     traffic = TrafficGenerator(leads=2000, seed=11, bad_event_share=0.02)
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5,

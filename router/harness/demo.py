@@ -1,4 +1,5 @@
-"""`leadrouter demo`: embedded broker + one worker + synthetic traffic, shown live.
+"""`leadrouter demo`: a local broker (Apache Kafka by default) + one worker + synthetic traffic,
+shown live.
 
 Prints a small panel every two seconds: events sent, leads by stage, SQLs by path, dead
 letters, and the latest SQLs with why they qualified. Stops on Ctrl-C or after --duration.
@@ -21,7 +22,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from router.adapters.topics import Topics
-from router.harness.brokers.tansu import BrokerError, EmbeddedBroker
+from router.harness.brokers import BrokerError, KafkaBroker, TansuBroker, describe, local_broker
 from router.harness.traffic import TrafficGenerator
 from router.harness.workers import WorkerProcess
 from router.logs import mask_name
@@ -155,7 +156,7 @@ class Dashboard:
         return "\n".join(lines)
 
 
-async def _run(broker: EmbeddedBroker, duration: float | None, rate: float, leads: int,
+async def _run(broker: KafkaBroker | TansuBroker, duration: float | None, rate: float, leads: int,
                seed: int, stop: asyncio.Event) -> int:
     topics = Topics.with_prefix("")
     traffic = TrafficGenerator(leads=leads, seed=seed)
@@ -235,15 +236,18 @@ async def _run(broker: EmbeddedBroker, duration: float | None, rate: float, lead
     return 0 if board.first_sql_at is not None else 1
 
 
-def run_demo(duration: float | None, rate: float, leads: int, web_port: int, seed: int) -> int:
+def run_demo(duration: float | None, rate: float, leads: int, web_port: int, seed: int,
+             kind: str | None = None) -> int:
     workdir = Path(".leadrouter")
     workdir.mkdir(exist_ok=True)
     try:
-        broker = EmbeddedBroker(log_path=workdir / "demo-broker.log").start()
+        broker = local_broker(kind, log_path=workdir / "demo-broker.log")
+        print(f"starting the local {describe(broker)} ...", flush=True)
+        broker.start()
     except BrokerError as exc:
         print(f"leadrouter demo: {exc}", file=sys.stderr)
         return 2
-    print(f"embedded broker on {broker.url} (in memory; log {broker.log_path})", flush=True)
+    print(f"{describe(broker)} on {broker.url}", flush=True)
     worker = WorkerProcess(
         broker.url,
         workdir / "demo-worker.log",

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from router.harness.brokers.tansu import EmbeddedBroker, free_port
+from router.harness.brokers import KafkaBroker, TansuBroker, free_port, local_broker
 
 
 @dataclass
@@ -40,7 +40,6 @@ class WorkerProcess:
             {
                 "LEADROUTER_BROKER": self.broker_url,
                 "LEADROUTER_WEB_PORT": str(self.web_port),
-                "LEADROUTER_BROKER_QUIRKS": "tansu",
                 "LEADROUTER_LOG_FORMAT": "text",
                 "PYTHONUNBUFFERED": "1",
             }
@@ -110,10 +109,12 @@ class WorkerProcess:
 
 @contextlib.contextmanager
 def local_router(workdir: Path, name: str, env: dict[str, str] | None = None,
-                 ready_timeout: float = 90) -> Iterator[tuple[EmbeddedBroker, WorkerProcess]]:
-    """An embedded broker and one ready worker, both stopped on exit (benchmarks use it)."""
+                 ready_timeout: float = 90, kind: str | None = None
+                 ) -> Iterator[tuple[KafkaBroker | TansuBroker, WorkerProcess]]:
+    """A local broker (`kind`, default LEADROUTER_LOCAL_BROKER) and one ready worker, both
+    stopped on exit (benchmarks use it)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    with EmbeddedBroker(log_path=workdir / f"{name}-broker.log") as broker:
+    with local_broker(kind, log_path=workdir / f"{name}-broker.log") as broker:
         worker = WorkerProcess(broker.url, workdir / f"{name}-worker.log", env=env or {})
         try:
             worker.start()

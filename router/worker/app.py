@@ -40,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from router import __version__, metrics
 from router.adapters.compacted_reader import CompactedTopicReader
 from router.adapters.state_store import FaustTableState
-from router.adapters.topics import Topics
+from router.adapters.topics import Topics, compacted_topic_configs
 from router.adapters.wire import REFUSAL_REASONS, decode
 from router.domain.events import (
     NamedAccount,
@@ -137,6 +137,8 @@ class RouterApp:
             self.topics.activity, self.topics.routing,
         ]
         self.agent_started = False
+        self._decay_generation: int | None = None  # the rebalance the decay index is from
+        self._decay_indexed: set[int] = set()
         lower_fetch_wait(settings.fetch_max_wait_ms)
         check_read_offset_generation()
         if trace.isEnabledFor(logging.DEBUG):
@@ -185,6 +187,7 @@ class RouterApp:
             key_type=bytes,  # bytes -> the "raw" codec: we encode state ourselves with orjson
             value_type=bytes,
             partitions=s.partitions,
+            extra_topic_configs=compacted_topic_configs(s),
             help="Per-lead qualification state (router.domain.qualification.LeadState).",
         )
         inputs = app.topic(
@@ -208,6 +211,7 @@ class RouterApp:
             key_type=bytes,
             value_type=bytes,
             partitions=1,
+            extra_topic_configs=compacted_topic_configs(s),
             help="Routing state: holdings, cursors, queues (router.domain.routing).",
         )
         # raw bytes in: we decode (and dead-letter) ourselves; faust's own JSON codec would
@@ -346,6 +350,10 @@ class RouterApp:
             await app.producer.send(topics.routing, b"tick", tick(datetime.now(UTC)),
                                     partition=None, timestamp=None, headers=None)
 
+        @app.timer(interval=1.0)
+        async def decay_mqls() -> None:
+            await self.decay_tick()
+
         guard = self.stall_guard
 
         @app.timer(interval=5.0)
@@ -384,6 +392,39 @@ class RouterApp:
             return web.bytes(generate_latest(REGISTRY), content_type=PROMETHEUS_MEDIA_TYPE)
 
         return app
+
+    async def decay_tick(self) -> None:
+        """SPEC §2.2 MQL decay, on this worker's partitions only (every worker runs this timer).
+
+        The deadlines come from the qualifier's index, refilled from the stored states after a
+        rebalance (a partition may have changed hands meanwhile); due leads get a decay record
+        on their own recycle partition, which the qualify agent applies (see
+        Qualifier.decay_records for why the timer does not write state itself).
+        """
+        app, qualifier = self.app, self.qualifier
+        if self.rules.decay_seconds is None or not self.agent_started:
+            return
+        if (not app.tables.recovery.completed.is_set() or getattr(app, "rebalancing", False)
+                or getattr(app, "in_recovery", False)):
+            return  # states being restored: an index filled now would miss leads
+        owned = {tp.partition for tp in app.consumer.assignment()
+                 if tp.topic == self.topics.touchpoints}
+        generation = app.consumer_generation_id
+        if generation != self._decay_generation:
+            qualifier.decay_index.keep_partitions(owned)
+            self._decay_indexed = set()
+            self._decay_generation = generation
+        for partition in sorted(owned - self._decay_indexed):
+            found = qualifier.index_partition(partition, self.table_states[0].items(partition))
+            self._decay_indexed.add(partition)
+            log.info("decay index filled", extra={"partition": partition, "mqls": found})
+            await asyncio.sleep(0)  # let the agents run between partitions
+        records = qualifier.decay_records(datetime.now(UTC), owned)
+        if records:
+            pending = [await app.producer.send(r.topic, r.key, r.value, partition=r.partition,
+                                               timestamp=None, headers=None) for r in records]
+            await asyncio.gather(*pending)
+            log.info("decay records sent", extra={"leads": len(records)})
 
     def report_lag(self) -> None:
         """Lag per assigned input partition: what a `lag growing` alert watches. Uses the

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import logging.config
 
 import faust
 
+from router.adapters.broker_kind import quirks_for
 from router.adapters.tansu_quirks import install_faust_recovery_fix
-from router.adapters.topics import Topics, ensure_topics
+from router.adapters.topics import Topics, prepare_broker
 from router.domain.rules import load_rules
 from router.logs import logging_config
 from router.settings import Settings
@@ -23,13 +25,18 @@ def run_worker(settings: Settings) -> None:
     logging.config.dictConfig(config)
     rules = load_rules(settings.rules)  # RulesError (line + field) surfaces before any I/O
     topics = Topics.with_prefix(settings.topic_prefix)
-    created = asyncio.run(ensure_topics(settings, topics))
-    if settings.broker_quirks == "tansu":
+    identity, created = asyncio.run(prepare_broker(settings, topics))
+    quirks = quirks_for(settings, identity)  # WrongBroker when the settings contradict it
+    settings = dataclasses.replace(settings, broker_quirks=quirks or "none")
+    if quirks == "tansu":
         install_faust_recovery_fix()
     log.info(
         "worker starting",
         extra={
             "broker": settings.broker,
+            "broker_kind": identity.kind,
+            "cluster_id": identity.cluster_id,
+            "brokers": identity.broker_count,
             "rules_version": rules.version,
             "topics_created": created,
             "web": f"http://{settings.web_host}:{settings.web_port}",

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.adapters.topics import Topics
-from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
 from tests.deploy.test_manifests import (
     PROMETHEUS_GENERATED,
@@ -82,7 +82,7 @@ def has(lead: str, kind: str) -> Any:
                                for r in records)
 
 
-async def drive(broker: EmbeddedBroker, topics: Topics, worker: WorkerProcess) -> None:
+async def drive(broker: LocalBroker, topics: Topics, worker: WorkerProcess) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1)
     await producer.start()
     try:
@@ -122,7 +122,7 @@ def scrape(worker: WorkerProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def exposition(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+def exposition(broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[str]:
     workdir: Path = tmp_path_factory.mktemp("metric-names")
     rules = workdir / "rules.yaml"

@@ -1,7 +1,10 @@
-"""Integration fixtures: a real embedded broker on a free loopback port, real worker processes.
+"""Integration fixtures: a real broker on free loopback ports, real worker processes.
 
-The broker is started once per test session and stopped at the end; each test module that
-needs a worker gets its own topic prefix, so modules never see each other's records.
+The broker is Apache Kafka (KRaft, from the pinned jars) unless LEADROUTER_LOCAL_BROKER=tansu.
+It is started once per test process (pytest-xdist runs several) and stopped at the end; each
+test module that needs a worker gets its own topic prefix, so modules never see each other's
+records. `tansu_broker` is the pip-only fallback, for the small smoke set that keeps that
+path honest; it is started only by the tests that ask for it.
 """
 
 from __future__ import annotations
@@ -20,16 +23,37 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import RecordMetadata
 
 from router.adapters.topics import Topics
-from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.brokers import (
+    BrokerError,
+    LocalBroker,
+    TansuBroker,
+    default_kind,
+    local_broker,
+)
 from router.harness.workers import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    log = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with EmbeddedBroker(log_path=log) as b:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    kind = default_kind()
+    log = tmp_path_factory.mktemp("broker") / f"{kind}.log"
+    try:
+        started = local_broker(kind, log_path=log).start()
+    except BrokerError as exc:
+        # never fall back to Tansu silently: the suite is meant to run on Apache Kafka
+        pytest.exit(f"the {kind} test broker cannot start: {exc}", returncode=3)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="session")
+def tansu_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    with TansuBroker(log_path=log) as b:
         yield b
 
 
@@ -37,7 +61,7 @@ def new_prefix() -> str:
     return f"t{uuid.uuid4().hex[:8]}."
 
 
-def start_worker(broker: EmbeddedBroker, prefix: str, log_dir: Path, **env: str
+def start_worker(broker: LocalBroker, prefix: str, log_dir: Path, **env: str
                  ) -> WorkerProcess:
     worker = WorkerProcess(
         broker.url,
@@ -69,7 +93,7 @@ def topics(prefix: str) -> Topics:
 
 
 @pytest.fixture(scope="module")
-def worker(broker: EmbeddedBroker, prefix: str, tmp_path_factory: pytest.TempPathFactory
+def worker(broker: LocalBroker, prefix: str, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[WorkerProcess]:
     w = start_worker(broker, prefix, tmp_path_factory.mktemp("worker"))
     yield w
@@ -77,7 +101,7 @@ def worker(broker: EmbeddedBroker, prefix: str, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture
-async def producer(broker: EmbeddedBroker) -> AsyncIterator[AIOKafkaProducer]:
+async def producer(broker: LocalBroker) -> AsyncIterator[AIOKafkaProducer]:
     p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1,
                          max_request_size=4 * 1024 * 1024)
     await p.start()
@@ -92,7 +116,7 @@ async def send(producer: AIOKafkaProducer, topic: str, key: str | bytes | None,
     return await producer.send_and_wait(topic, raw, key=k)
 
 
-async def wait_processed(broker: EmbeddedBroker, group: str, sent: RecordMetadata,
+async def wait_processed(broker: LocalBroker, group: str, sent: RecordMetadata,
                          timeout: float = 20.0) -> None:
     """Barrier: wait until the worker group has committed past `sent` (so it was processed;
     the worker commits only after the outputs and state of a record are flushed)."""
@@ -112,7 +136,7 @@ async def wait_processed(broker: EmbeddedBroker, group: str, sent: RecordMetadat
         await admin.close()
 
 
-async def collect(broker: EmbeddedBroker, topic: str, until: Any, timeout: float = 30.0,
+async def collect(broker: LocalBroker, topic: str, until: Any, timeout: float = 30.0,
                   settle: float = 1.0, keep_repeats: bool = False,
                   max_value_bytes: int | None = None) -> list[dict[str, Any]]:
     """Read `topic` from the beginning until `until(records)` holds (then `settle` s more,

@@ -10,7 +10,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from router.adapters.topics import Topics
-from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
 from tests.integration.conftest import collect, send
 
@@ -45,7 +45,7 @@ BAD: list[tuple[str | None, bytes, str, str]] = [
 
 
 async def test_every_bad_input_class_is_dead_lettered_and_processing_goes_on(
-    worker: WorkerProcess, broker: EmbeddedBroker, producer: AIOKafkaProducer, topics: Topics
+    worker: WorkerProcess, broker: LocalBroker, producer: AIOKafkaProducer, topics: Topics
 ) -> None:
     for key, value, _, _ in BAD:
         await producer.send_and_wait(topics.touchpoints, value,

@@ -35,7 +35,7 @@ from router.adapters.wire import REFUSAL_REASONS, Refused, decode, decode_profil
 from router.domain.events import DeadLetter, SalesActivity
 from router.domain.qualification import event_time_problem
 from router.domain.rules import load_rules
-from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.brokers import LocalBroker
 from tests.integration.conftest import collect, new_prefix, start_worker
 
 RULES = load_rules()
@@ -232,7 +232,7 @@ def build(now: datetime) -> tuple[list[Item], list[str]]:
     return items, leads
 
 
-async def read_dead_letters(broker: EmbeddedBroker, topic: str,
+async def read_dead_letters(broker: LocalBroker, topic: str,
                             until: Callable[[list[dict[str, Any]]], bool],
                             timeout: float = 90.0, settle: float = 2.0) -> list[dict[str, Any]]:
     """Every dead letter, repeats kept, each under the producer's 1 MB limit."""
@@ -281,7 +281,7 @@ async def produce(producer: AIOKafkaProducer, topics: Topics, items: list[Item]
 
 
 async def test_hostile_input_is_dead_lettered_once_and_the_worker_keeps_going(
-    broker: EmbeddedBroker, producer: AIOKafkaProducer, tmp_path: Path
+    broker: LocalBroker, producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
     prefix = new_prefix()
     topics = Topics.with_prefix(prefix)
@@ -320,7 +320,7 @@ async def test_hostile_input_is_dead_lettered_once_and_the_worker_keeps_going(
 
 
 async def test_sales_activity_that_is_not_json_is_dead_lettered(
-    broker: EmbeddedBroker, producer: AIOKafkaProducer, tmp_path: Path
+    broker: LocalBroker, producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
     prefix = new_prefix()
     topics = Topics.with_prefix(prefix)

@@ -17,7 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from router.adapters.topics import Topics
-from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
 from tests.integration.conftest import collect, new_prefix, send, start_worker
 from tests.integration.test_routing_two_workers import wait_ready_with_roster
@@ -70,7 +70,7 @@ async def snapshot(worker: WorkerProcess) -> dict[str, Any]:
 
 
 async def test_any_worker_answers_for_any_lead_and_views_survive_a_crash(
-    broker: EmbeddedBroker, producer: AIOKafkaProducer, tmp_path: Path
+    broker: LocalBroker, producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
     prefix = new_prefix()
     topics = Topics.with_prefix(prefix)

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from router.adapters.compacted_reader import CompactedTopicReader
-from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.brokers import LocalBroker
 from tests.integration.conftest import new_prefix
 
 
@@ -27,7 +27,7 @@ async def _eventually(check: object, timeout: float = 15.0) -> None:
 
 
 async def test_two_readers_see_every_account_update_and_tombstone(
-    broker: EmbeddedBroker, producer: AIOKafkaProducer
+    broker: LocalBroker, producer: AIOKafkaProducer
 ) -> None:
     topic = new_prefix() + "routing.accounts"
     admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)

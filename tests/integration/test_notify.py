@@ -30,7 +30,7 @@ from aiokafka.structs import RecordMetadata
 
 from router.adapters.topics import Topics, ensure_topics
 from router.domain.events import Assignment, SlaEvent, Transition
-from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.brokers import LocalBroker
 from router.notify import Notifier, NotifyConfig
 from router.settings import Settings
 from tests.integration.conftest import new_prefix, send
@@ -149,7 +149,7 @@ class Hook:
 # --------------------------------------------------------------------------------------------
 
 
-async def make_topics(broker: EmbeddedBroker, partitions: int = 3) -> tuple[str, Topics]:
+async def make_topics(broker: LocalBroker, partitions: int = 3) -> tuple[str, Topics]:
     prefix = new_prefix()
     topics = Topics.with_prefix(prefix)
     await ensure_topics(Settings(broker=broker.url, topic_prefix=prefix, partitions=partitions,
@@ -157,7 +157,7 @@ async def make_topics(broker: EmbeddedBroker, partitions: int = 3) -> tuple[str,
     return prefix, topics
 
 
-def config(broker: EmbeddedBroker, prefix: str, hook: Hook, **kw: Any) -> NotifyConfig:
+def config(broker: LocalBroker, prefix: str, hook: Hook, **kw: Any) -> NotifyConfig:
     return NotifyConfig(
         webhook_url=hook.url,
         settings=Settings(broker=broker.url, topic_prefix=prefix, session_timeout_seconds=6,
@@ -186,7 +186,7 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> Non
         await asyncio.sleep(0.05)
 
 
-async def committed(broker: EmbeddedBroker, group: str, tps: list[TopicPartition]
+async def committed(broker: LocalBroker, group: str, tps: list[TopicPartition]
                     ) -> dict[TopicPartition, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
     await admin.start()
@@ -210,7 +210,7 @@ class CommitWatch:
     """Called by the hook on every request: the group's committed offset of the message's
     partition must not be past the message while its post has not succeeded."""
 
-    def __init__(self, broker: EmbeddedBroker, group: str,
+    def __init__(self, broker: LocalBroker, group: str,
                  where: dict[str, RecordMetadata]) -> None:
         self.broker, self.group, self.where = broker, group, where
         self.checked = 0
@@ -225,7 +225,7 @@ class CommitWatch:
             self.violations.append(f"{event_id} at {tp}@{meta.offset}: committed {offset}")
 
 
-def notifier_process(broker: EmbeddedBroker, prefix: str, hook: Hook, log: Path
+def notifier_process(broker: LocalBroker, prefix: str, hook: Hook, log: Path
                      ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LEADROUTER_SESSION_TIMEOUT_SECONDS": "6",
            "LEADROUTER_LOG_FORMAT": "text", "LEADROUTER_NOTIFY_WEBHOOK_URL": hook.url}
@@ -256,7 +256,7 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
 
 @pytest.mark.timeout(120)
 async def test_each_event_is_posted_once_masked_and_junk_is_skipped(
-    broker: EmbeddedBroker, producer: AIOKafkaProducer
+    broker: LocalBroker, producer: AIOKafkaProducer
 ) -> None:
     prefix, topics = await make_topics(broker)
     async with Hook() as hook:
@@ -306,7 +306,7 @@ async def test_each_event_is_posted_once_masked_and_junk_is_skipped(
 
 @pytest.mark.timeout(150)
 async def test_outage_blocks_the_stream_and_nothing_is_committed_before_its_post(
-    broker: EmbeddedBroker, producer: AIOKafkaProducer
+    broker: LocalBroker, producer: AIOKafkaProducer
 ) -> None:
     prefix, topics = await make_topics(broker)
     sent: dict[str, RecordMetadata] = {}
@@ -350,7 +350,7 @@ async def test_outage_blocks_the_stream_and_nothing_is_committed_before_its_post
 
 @pytest.mark.timeout(200)
 async def test_a_crashed_notifier_resumes_from_its_commits(
-    broker: EmbeddedBroker, producer: AIOKafkaProducer, tmp_path: Path
+    broker: LocalBroker, producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
     prefix, topics = await make_topics(broker, partitions=2)
     sent: dict[str, RecordMetadata] = {}
@@ -412,7 +412,7 @@ async def test_a_crashed_notifier_resumes_from_its_commits(
 
 @pytest.mark.timeout(120)
 async def test_a_refused_message_is_skipped_and_the_next_one_delivered(
-    broker: EmbeddedBroker, producer: AIOKafkaProducer
+    broker: LocalBroker, producer: AIOKafkaProducer
 ) -> None:
     prefix, topics = await make_topics(broker, partitions=1)
     events = [assignment("L-r", n) for n in range(1, 5)]

@@ -10,7 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from router.adapters.topics import Topics
-from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
 from tests.integration.conftest import collect, send, wait_processed
 
@@ -47,7 +47,7 @@ def touch(lead: str, n: int, kind: str, days_ago: float, **extra: Any) -> dict[s
 
 
 async def test_standard_direct_abm_and_not_fit(
-    worker: WorkerProcess, broker: EmbeddedBroker, producer: AIOKafkaProducer, topics: Topics,
+    worker: WorkerProcess, broker: LocalBroker, producer: AIOKafkaProducer, topics: Topics,
     prefix: str,
 ) -> None:
     # ABM needs the named-account list: published while the worker runs, read live.
@@ -118,7 +118,7 @@ async def test_standard_direct_abm_and_not_fit(
 
 
 async def test_duplicates_and_out_of_order_on_the_stream(
-    worker: WorkerProcess, broker: EmbeddedBroker, producer: AIOKafkaProducer, topics: Topics,
+    worker: WorkerProcess, broker: LocalBroker, producer: AIOKafkaProducer, topics: Topics,
     prefix: str,
 ) -> None:
     """Three distinct touches sent six times, newest first: still no SQL (needs 4)."""

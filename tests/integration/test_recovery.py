@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from router.adapters.topics import Topics
-from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.brokers import LocalBroker
 from tests.integration.conftest import collect, new_prefix, send, start_worker, wait_processed
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -39,7 +39,7 @@ async def feed_three_touches(producer: AIOKafkaProducer, topics: Topics, leads: 
 
 
 async def test_state_survives_sigkill_and_restart(
-    broker: EmbeddedBroker, producer: AIOKafkaProducer, tmp_path: Path
+    broker: LocalBroker, producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
     prefix = new_prefix()
     topics = Topics.with_prefix(prefix)

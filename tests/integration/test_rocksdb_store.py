@@ -11,7 +11,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from router.adapters.topics import Topics
-from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
 from tests.integration.conftest import collect, new_prefix, send, start_worker, wait_processed
 from tests.integration.test_recovery import feed_three_touches, touch
@@ -26,7 +26,7 @@ def restored(worker: WorkerProcess) -> int:
     return int(body["changelog_records_restored"][TABLE])
 
 
-async def run_kill_restart(broker: EmbeddedBroker, producer: AIOKafkaProducer,
+async def run_kill_restart(broker: LocalBroker, producer: AIOKafkaProducer,
                            data_dir: Path, store: str) -> tuple[int, int]:
     """(changelog records replayed by the restarted worker, SQLs after the restart)."""
     prefix = new_prefix()
@@ -58,7 +58,7 @@ async def run_kill_restart(broker: EmbeddedBroker, producer: AIOKafkaProducer,
 
 
 async def test_rocksdb_restart_replays_only_the_tail_of_the_changelog(
-    broker: EmbeddedBroker, producer: AIOKafkaProducer, tmp_path: Path
+    broker: LocalBroker, producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
     memory_replayed, _ = await run_kill_restart(broker, producer, tmp_path / "mem", "memory")
     rocks_replayed, _ = await run_kill_restart(broker, producer, tmp_path / "rocks", "rocksdb")

