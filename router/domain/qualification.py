@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from bisect import insort
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -65,6 +65,7 @@ class LeadState:
     account: tuple[float, str] | None = None  # (occurred_at, domain) of the newest touch naming one
     last_trigger: str | None = None
     cycle_start: float | None = None  # touchpoints before this belong to an earlier cycle
+    mql_at: float | None = None  # event time of this cycle's MQL (router.domain.decay)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -83,6 +84,7 @@ class LeadState:
                 "a": self.account,
                 "lt": self.last_trigger,
                 "cs": self.cycle_start,
+                "ma": self.mql_at,
             }
         )
 
@@ -109,6 +111,7 @@ class LeadState:
             account=(raw["a"][0], raw["a"][1]) if raw["a"] is not None else None,
             last_trigger=raw.get("lt"),
             cycle_start=raw.get("cs"),
+            mql_at=raw.get("ma"),
         )
 
 
@@ -585,6 +588,7 @@ def decide(state: LeadState, trigger: str, occurred_at: datetime, ctx: Context) 
     ):
         out.append(_transition(state, Stage.MQL, mql_path, a, trigger, occurred_at, ctx))
         state.stage = Stage.MQL
+        state.mql_at = occurred_at.timestamp()
     if sql_path is not None:
         out.append(_transition(state, Stage.SQL, sql_path, a, trigger, occurred_at, ctx))
         state.stage = Stage.SQL
@@ -621,8 +625,10 @@ def apply_recycle(
     trigger: str,
     occurred_at: datetime,
     ctx: Context,
+    detail: Mapping[str, Any] | None = None,
 ) -> list[Transition]:
-    """Sales rejected or released the lead: back to nurture, and a fresh cycle (SPEC §2.2).
+    """Sales rejected or released the lead, or it decayed: back to nurture, and a fresh cycle
+    (SPEC §2.2). `detail` adds to the event's criteria (e.g. what a decay was counted from).
 
     The new cycle starts empty: touchpoints before `occurred_at`, and every touchpoint already
     seen (a redelivery after a crash must not count again in the new cycle), stay with the old
@@ -642,7 +648,7 @@ def apply_recycle(
         path=None,
         triggered_by=trigger,
         occurred_at=occurred_at,
-        criteria={"recycled_because": reason},
+        criteria={"recycled_because": reason, **(detail or {})},
         score=score(a, ctx.rules),
         handover=None,
         router_version=ctx.router_version,
@@ -659,6 +665,7 @@ def apply_recycle(
     state.last_intent = None
     state.last_tts = None
     state.last_trigger = trigger
+    state.mql_at = None
     return [event]
 
 

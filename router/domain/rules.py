@@ -208,6 +208,14 @@ class SlaRules(_Section):
         return check_working_hours(value)
 
 
+class Decay(_Section):
+    """SPEC §2.2: an MQL that sees no engagement for a whole window returns to nurture."""
+
+    enabled: bool = True
+    # None: the engagement window (windows.engagement_days); a fraction of a day is allowed
+    mql_after_days: Annotated[float, Field(gt=0, le=365)] | None = None
+
+
 class Rules(_Section):
     """The validated rules; `version` is stamped on every output as `rules_version`."""
 
@@ -224,6 +232,7 @@ class Rules(_Section):
     input: InputRules = InputRules()
     routing: RoutingRules = RoutingRules()
     sla: SlaRules = SlaRules()
+    decay: Decay = Decay()
     _version: str = PrivateAttr(default="")
 
     @property
@@ -243,6 +252,14 @@ class Rules(_Section):
     @property
     def window_seconds(self) -> float:
         return self.windows.engagement_days * 86400.0
+
+    @property
+    def decay_seconds(self) -> float | None:
+        """How long an MQL may go without engagement before it decays; None: never."""
+        if not self.decay.enabled:
+            return None
+        days = self.decay.mql_after_days
+        return (days if days is not None else self.windows.engagement_days) * 86400.0
 
     @property
     def pricing_pair_seconds(self) -> float:
@@ -278,7 +295,7 @@ def _line_index(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[st
             if (*path, key) in out:
                 # YAML would silently keep the last one; a rules file must not be ambiguous
                 raise RulesError("", [RuleProblem(
-                    key_node.start_mark.line + 1, _field_path((*path, key)),
+                    key_node.start_mark.line + 1, field_path((*path, key)),
                     f"set twice (first on line {out[(*path, key)]})")])
             _line_index(value_node, (*path, key), out)
             out[(*path, key)] = key_node.start_mark.line + 1  # an entry's line is its key's
@@ -287,7 +304,7 @@ def _line_index(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[st
             _line_index(item, (*path, i), out)
 
 
-def _field_path(loc: tuple[str | int, ...]) -> str:
+def field_path(loc: tuple[str | int, ...]) -> str:
     text = ""
     for part in loc:
         if isinstance(part, int):
@@ -297,8 +314,12 @@ def _field_path(loc: tuple[str | int, ...]) -> str:
     return text
 
 
-def parse_rules(text: str, source: str = "<rules>") -> Rules:
-    """Validate rules text; raises RulesError naming the line and field of every problem."""
+Loc = tuple[str | int, ...]
+
+
+def yaml_with_lines(text: str, source: str) -> tuple[Any, dict[Loc, int]]:
+    """Parse YAML and map every field path to its line, so a validation error can say where
+    it is (`rules.yaml:17 authority.sql.seniorities[0]`); a key set twice is an error."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data: Any = yaml.load(text, Loader=yaml.SafeLoader)
@@ -306,37 +327,55 @@ def parse_rules(text: str, source: str = "<rules>") -> Rules:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise RulesError(source, [RuleProblem(line, "", f"not valid YAML: {exc}")]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RulesError(source, [RuleProblem(1, "", "the rules file must be a mapping")])
-    lines: dict[tuple[str | int, ...], int] = {}
+    lines: dict[Loc, int] = {}
     if node is not None:
         try:
             _line_index(node, (), lines)
         except RulesError as exc:
             raise RulesError(source, exc.problems) from None
+    return data, lines
+
+
+def line_of(loc: Loc, lines: dict[Loc, int]) -> int | None:
+    """The line of `loc`, or of its nearest enclosing field that has one."""
+    for cut in range(len(loc), -1, -1):
+        if loc[:cut] in lines:
+            return lines[loc[:cut]]
+    return None
+
+
+def validation_problems(exc: ValidationError, lines: dict[Loc, int], prefix: Loc = ()
+                        ) -> list[RuleProblem]:
+    """pydantic errors as line + field + message; `prefix` places a sub-document (e.g. the
+    third rep of a roster file) inside the file."""
+    problems = []
+    for err in exc.errors():
+        loc = prefix + tuple(
+            p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function"))
+        )
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown setting (check the spelling against the default rules file)"
+        elif err["type"] == "string_type" and isinstance(err.get("input"), bool):
+            message += ' (YAML reads a bare NO, yes, on or off as a boolean: quote it, "NO")'
+        elif (err["type"] == "string_type" and isinstance(err.get("input"), int)
+              and any(str(p).endswith("working_hours") for p in loc)):
+            message += ' (YAML reads an unquoted 17:00 as the number 1020: quote times, "17:00")'
+        problems.append(RuleProblem(line_of(loc, lines), field_path(loc), message))
+    return problems
+
+
+def parse_rules(text: str, source: str = "<rules>") -> Rules:
+    """Validate rules text; raises RulesError naming the line and field of every problem."""
+    data, lines = yaml_with_lines(text, source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RulesError(source, [RuleProblem(1, "", "the rules file must be a mapping")])
     try:
         rules = Rules.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(
-                p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function"))
-            )
-            line = None
-            for cut in range(len(loc), -1, -1):
-                if loc[:cut] in lines:
-                    line = lines[loc[:cut]]
-                    break
-            message = err["msg"]
-            if err["type"] == "extra_forbidden":
-                message = "unknown setting (check the spelling against the default rules file)"
-            elif err["type"] == "string_type" and isinstance(err.get("input"), bool):
-                message += ' (YAML reads a bare NO, yes, on or off as a boolean: quote it, "NO")'
-
-            problems.append(RuleProblem(line, _field_path(loc), message))
-        raise RulesError(source, problems) from None
+        raise RulesError(source, validation_problems(exc, lines)) from None
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     rules._version = f"{rules.name}@{digest}"
     return rules

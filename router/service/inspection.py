@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from router.domain.decay import DECAYED, decay_deadline
 from router.domain.events import Rep, Stage, format_rfc3339
 from router.domain.qualification import (
     LeadState,
@@ -32,6 +33,18 @@ LAST_EVENTS = 10
 
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else format_rfc3339(datetime.fromtimestamp(ts, UTC))
+
+
+def decay_part(state: LeadState, rules: Rules) -> dict[str, Any] | None:
+    """When this MQL goes back to nurture unless it engages, or that the last cycle did."""
+    deadline = decay_deadline(state, rules)
+    if deadline is not None:
+        return {"state": "pending", "due_at": _iso(deadline),
+                "window_days": round((rules.decay_seconds or 0) / 86400.0, 6)}
+    trigger = state.last_trigger or ""
+    if state.stage is Stage.NEW and trigger.startswith("decay@"):
+        return {"state": DECAYED, "cycle": state.cycle - 1, "at": trigger.removeprefix("decay@")}
+    return None
 
 
 def qualification_part(state: LeadState, rules: Rules,
@@ -107,6 +120,7 @@ def qualification_part(state: LeadState, rules: Rules,
             for t in touches[:LAST_EVENTS]
         ],
         "last_trigger": state.last_trigger,
+        "decay": decay_part(state, rules),
     }
 
 
@@ -225,6 +239,13 @@ def render_lead(view: Mapping[str, Any]) -> str:
         lines.append(f"  {'+' if c['met'] else '-'} {name:<10} {c['summary']}")
     if q["stage"] != Stage.SQL.value and q["missing"]:
         lines.append("  missing for SQL: " + " | ".join(q["missing"]))
+    decay = q.get("decay")
+    if decay is not None and decay["state"] == "pending":
+        lines.append(f"  decay: back to nurture at {decay['due_at']} unless it engages"
+                     f" ({decay['window_days']:g} days without engagement)")
+    elif decay is not None:
+        lines.append(f"  decayed: cycle {decay['cycle']} went back to nurture at {decay['at']}"
+                     " (no engagement for the whole window)")
     r = view.get("routing")
     if r is None:
         lines.append("  routing: not routed in this cycle")

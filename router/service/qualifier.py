@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,6 +26,7 @@ from router.adapters.wire import (
     decode_touchpoint,
     encode,
 )
+from router.domain.decay import DECAYED, apply_decay, decay_deadline
 from router.domain.events import LeadProfile, Stage, Touchpoint, Transition
 from router.domain.qualification import (
     Context,
@@ -39,7 +40,8 @@ from router.domain.qualification import (
 )
 from router.domain.routing import RouteRequest
 from router.domain.rules import Rules
-from router.metrics import DEAD_LETTERS, PROFILES, TOUCHPOINTS, TRANSITIONS
+from router.metrics import DEAD_LETTERS, PROFILES, RECYCLED, TOUCHPOINTS, TRANSITIONS
+from router.service.decay import DecayIndex
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class Output:
     topic: str
     key: bytes | None
     value: bytes
+    partition: int | None = None  # None: the producer's partitioner picks it from the key
 
 
 @dataclass(slots=True)
@@ -98,6 +101,7 @@ class Qualifier:
         self.topics = topics
         self.router_version = router_version
         self.is_named_account = is_named_account
+        self.decay_index = DecayIndex()
 
     def process(
         self,
@@ -147,7 +151,44 @@ class Qualifier:
         for key in dirty:
             partition, state = states[key]
             result.state_writes[key] = (partition, state.to_bytes())
+            self.decay_index.set(key, partition, decay_deadline(state, self.rules), state.cycle)
         return result
+
+    def index_partition(self, partition: int, states: Iterable[tuple[bytes, bytes]]) -> int:
+        """Fill the decay index from a partition's stored states (on gaining the partition);
+        returns how many of them can decay."""
+        found = 0
+        for key, raw in states:
+            try:
+                state = LeadState.from_bytes(raw)
+            except ValueError:
+                continue  # unreadable state: process() reports it when the lead is next seen
+            deadline = decay_deadline(state, self.rules)
+            if deadline is not None:
+                found += 1
+                self.decay_index.seed(key, partition, deadline, state.cycle)
+        return found
+
+    def decay_records(self, now: datetime, partitions: Collection[int], limit: int = 5000,
+                      retry_after: float = 30.0) -> list[Output]:
+        """Decay records for the MQLs of `partitions` whose deadline has passed at `now`.
+
+        The worker publishes them to the recycle topic, on the lead's own partition, and
+        `process` applies them in order with the lead's other inputs, through the usual
+        commit path (outputs acked, then state written). Deciding here and writing state from
+        a timer instead would race the batch in flight, which may hold an older copy of the
+        same state and write it back after us. The record carries `as_of` (the clock when we
+        looked), so applying it again after a crash decides the same (router.domain.decay).
+        """
+        as_of = now.isoformat()
+        return [
+            Output(self.topics.recycle, key,
+                   orjson.dumps({"kind": "decay", "lead_id": key.decode("utf-8", "replace"),
+                                 "cycle": cycle, "as_of": as_of}),
+                   partition=partition)
+            for key, partition, cycle in self.decay_index.take_due(
+                now.timestamp(), partitions, limit, retry_after)
+        ]
 
     def _apply(
         self,
@@ -163,9 +204,9 @@ class Qualifier:
             event = decode_touchpoint(record.key, record.value, self.rules, now)
         elif record.topic == self.topics.profiles:
             event = decode_profile(record.key, record.value, self.rules, now)
-        else:  # our own routing stage: {"kind": "recycle", ...}
+        else:  # our own records: {"kind": "recycle" (routing stage) or "decay" (clock), ...}
             event = orjson.loads(record.value or b"null")
-            if not isinstance(event, dict) or event.get("kind") != "recycle":
+            if not isinstance(event, dict) or event.get("kind") not in ("recycle", "decay"):
                 raise ValueError(f"unexpected record on {record.topic}")
         key = record.key
         if key is None:
@@ -183,6 +224,12 @@ class Qualifier:
         if isinstance(event, LeadProfile):
             touchpoint_counts[""] += 1  # "" = a profile
             return apply_profile(state, event, ctx)
+        if event["kind"] == "decay":
+            decayed = apply_decay(state, int(event["cycle"]),
+                                  datetime.fromisoformat(event["as_of"]), ctx)
+            if decayed:
+                RECYCLED.labels(DECAYED).inc()
+            return decayed
         return apply_recycle(
             state,
             cycle=int(event["cycle"]),
