@@ -53,6 +53,18 @@ class Topics:
     def compacted(self) -> frozenset[str]:
         return frozenset({self.reps, self.accounts})
 
+    @property
+    def inputs(self) -> frozenset[str]:
+        """The topics other systems write to (SPEC §2.1)."""
+        return frozenset({self.touchpoints, self.profiles, self.reps, self.accounts,
+                          self.activity})
+
+    def configs(self, name: str, settings: Settings) -> dict[str, str]:
+        configs = compacted_topic_configs(settings) if name in self.compacted else {}
+        if name in self.inputs:
+            configs["max.message.bytes"] = str(INPUT_MAX_MESSAGE_BYTES)
+        return configs
+
     def all(self) -> list[str]:
         return [
             self.touchpoints,
@@ -71,6 +83,12 @@ class Topics:
     def partitions(self, name: str, default: int) -> int:
         """Routing decisions are serialized in one partition (see router/domain/routing.py)."""
         return 1 if name == self.routing else default
+
+
+# SPEC §6 dead-letters input values over 1 MiB with a reason. Kafka's default limit (1 MiB)
+# would instead refuse them at the producer, where nobody downstream sees them; inputs up to
+# 4 MiB therefore reach the router and are refused there, visibly.
+INPUT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class BrokerUnreachable(RuntimeError):
@@ -140,7 +158,7 @@ async def _ensure_topics(admin: AIOKafkaAdminClient, settings: Settings, topics:
             name=name,
             num_partitions=topics.partitions(name, settings.partitions),
             replication_factor=settings.replication_factor,
-            topic_configs=compacted_topic_configs(settings) if name in topics.compacted else {},
+            topic_configs=topics.configs(name, settings),
         )
         for name in missing
     ]

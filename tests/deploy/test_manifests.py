@@ -506,7 +506,7 @@ def test_compose_workers() -> None:
             {k: v for k, v in env.items() if k.startswith("LEADROUTER_")})
         assert settings.broker == "kafka://kafka:9092" and "kafka" in services
         assert "LEADROUTER_BROKER_QUIRKS" not in env, "quirks are for the embedded broker only"
-        assert settings.broker_quirks == ""
+        assert settings.broker_quirks == "auto"  # the default: recognise the broker
         assert settings.web_host == "0.0.0.0"
         mounts = dict((target, source) for source, target in compose_mounts(svc))
         # rules: a bind-mounted file that loads
