@@ -117,6 +117,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return run_verify(args.broker, args.topic_prefix, args.rules, args.json)
 
 
+def _cmd_roster_apply(args: argparse.Namespace) -> int:
+    from router.tools.roster import run_apply
+
+    return run_apply(args.file, args.broker, args.topic_prefix, args.dry_run)
+
+
+def _cmd_roster_export(args: argparse.Namespace) -> int:
+    from router.tools.roster import run_export
+
+    return run_export(args.broker, args.topic_prefix, args.out)
+
+
 def _cmd_chaos(args: argparse.Namespace) -> int:
     from router.harness.chaos import main as chaos_main
 
@@ -257,6 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", default=None, help="the rules file the workers ran with")
     p.add_argument("--json", action="store_true", help="also print a JSON summary line")
     p.set_defaults(func=_cmd_verify)
+
+    roster = sub.add_parser("roster", help="reps and named accounts as a YAML file").add_subparsers(
+        dest="roster_command", required=True
+    )
+    p = roster.add_parser("apply", help="validate a roster file, show the diff against the"
+                          " topics, publish upserts and tombstones")
+    p.add_argument("file")
+    p.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
+    p2 = roster.add_parser("export", help="write what routing.reps / routing.accounts hold as"
+                           " a roster file")
+    p2.add_argument("--out", default=None, help="file to write (default: stdout)")
+    for q in (p, p2):
+        q.add_argument("--broker", default=None,
+                       help="Kafka bootstrap URL [env LEADROUTER_BROKER]")
+        q.add_argument("--topic-prefix", default=None, help="[env LEADROUTER_TOPIC_PREFIX]")
+    p.set_defaults(func=_cmd_roster_apply)
+    p2.set_defaults(func=_cmd_roster_export)
 
     p = sub.add_parser("chaos", help="fault injection under traffic, then verify (embedded)")
     p.add_argument("--short", action="store_true", help="only kill/restart and add a worker")

@@ -26,8 +26,11 @@ from router.harness.brokers import BrokerError, KafkaBroker, TansuBroker, descri
 from router.harness.traffic import TrafficGenerator
 from router.harness.workers import WorkerProcess
 from router.logs import mask_name
+from router.settings import Settings
+from router.tools.roster import apply_roster, load_roster
 
 PANEL_SECONDS = 2.0
+DEMO_ROSTER = str(resources.files("router") / "harness/demo_roster.yaml")
 
 
 def _why(event: dict[str, Any]) -> str:
@@ -175,10 +178,8 @@ async def _run(broker: KafkaBroker | TansuBroker, duration: float | None, rate: 
     await consumer.start()
     started = time.monotonic()
     try:
-        for key, value in traffic.named_accounts():
-            await producer.send_and_wait(topics.accounts, value, key=key)
-        for key, value in traffic.reps(datetime.now(UTC)):
-            await producer.send_and_wait(topics.reps, value, key=key)
+        # the roster as code, through the same module as `leadrouter roster apply`
+        await apply_roster(Settings(broker=broker.url), load_roster(DEMO_ROSTER), dry_run=False)
         responses: set[asyncio.Task[None]] = set()
 
         async def respond_later(delay: float, key: bytes, activity: dict[str, Any]) -> None:
