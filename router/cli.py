@@ -112,7 +112,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from router.verify import run_verify
+    from router.tools.verify import run_verify
 
     return run_verify(args.broker, args.topic_prefix, args.rules, args.json)
 
@@ -127,6 +127,44 @@ def _cmd_roster_export(args: argparse.Namespace) -> int:
     from router.tools.roster import run_export
 
     return run_export(args.broker, args.topic_prefix, args.out)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from router.tools.export import run_export
+
+    return run_export(since=args.since, start=args.start, end=args.end, broker=args.broker,
+                      prefix=args.topic_prefix, out=args.out, inputs_only=args.inputs_only)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from router.tools.simulate import run_simulate
+
+    return run_simulate(rules=args.rules, baseline=args.baseline, since=args.since,
+                        start=args.start, end=args.end, history_file=args.history,
+                        broker=args.broker, prefix=args.topic_prefix, out=args.out,
+                        as_json=args.json, workers=args.workers, quiet=args.quiet)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from router.tools.report import run_report
+
+    return run_report(since=args.since, start=args.start, end=args.end,
+                      history_file=args.history, broker=args.broker, prefix=args.topic_prefix,
+                      out=args.out, as_json=args.json)
+
+
+def _add_history_arguments(p: argparse.ArgumentParser, since: str | None) -> None:
+    """The range and the source of a history, as `verify` names the broker and prefix."""
+    import os
+
+    p.add_argument("--since", default=since, help=f"a duration such as 7d, 12h, 2w"
+                   f" (default: {since or 'everything'})")
+    p.add_argument("--from", dest="start", default=None, help="start, RFC 3339 (instead of"
+                   " --since)")
+    p.add_argument("--to", dest="end", default=None, help="end, RFC 3339 (default: now)")
+    p.add_argument("--broker", default=os.environ.get("LEADROUTER_BROKER",
+                                                      "kafka://127.0.0.1:9092"))
+    p.add_argument("--topic-prefix", default=os.environ.get("LEADROUTER_TOPIC_PREFIX", ""))
 
 
 def _cmd_chaos(args: argparse.Namespace) -> int:
@@ -286,6 +324,36 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--topic-prefix", default=None, help="[env LEADROUTER_TOPIC_PREFIX]")
     p.set_defaults(func=_cmd_roster_apply)
     p2.set_defaults(func=_cmd_roster_export)
+
+    p = sub.add_parser("export", help="write a time range of the topics as NDJSON history"
+                       " (for simulate/report --history)")
+    _add_history_arguments(p, "30d")
+    p.add_argument("--out", default=None, help="file to write (default: stdout)")
+    p.add_argument("--inputs-only", action="store_true",
+                   help="leave out transitions, assignments and SLA events")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("simulate", help="replay history under a candidate rules file beside"
+                       " the current one; writes nothing to any topic", allow_abbrev=False)
+    p.add_argument("--rules", required=True, help="the candidate rules file")
+    p.add_argument("--baseline", default=None,
+                   help="the current rules file [env LEADROUTER_RULES; default: shipped]")
+    _add_history_arguments(p, "90d")
+    p.add_argument("--history", default=None, help="an NDJSON export instead of the broker")
+    p.add_argument("--out", default=None, help="also write a self-contained HTML report")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--workers", type=int, default=None,
+                   help="replay processes (default: one per CPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("report", help="the weekly funnel review from the output and activity"
+                       " topics", allow_abbrev=False)
+    _add_history_arguments(p, "7d")
+    p.add_argument("--history", default=None, help="an NDJSON export instead of the broker")
+    p.add_argument("--out", default=None, help="also write a self-contained HTML report")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("chaos", help="fault injection under traffic, then verify (embedded)")
     p.add_argument("--short", action="store_true", help="only kill/restart and add a worker")

@@ -34,7 +34,7 @@ from router.domain.rules import parse_rules
 from router.harness.brokers import KafkaBroker, TansuBroker, free_port, local_broker
 from router.harness.traffic import TrafficGenerator
 from router.harness.workers import WorkerProcess
-from router.verify import Report, verify
+from router.tools.verify import Report, verify
 
 SLA_SECONDS = 15.0
 SETTLE_SECONDS = 60.0

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from aiokafka.structs import ConsumerRecord
 
 from router.domain.events import Rep
-from router.verify import Report, _dedupe, check_dead_letters, check_routing
+from router.tools.history import HistoryRecord
+from router.tools.verify import Report, _dedupe, check_dead_letters, check_routing
 
 T0 = 1_800_000_000.0
 
@@ -85,9 +85,8 @@ def test_a_passed_deadline_needs_an_sla_outcome_unless_sales_closed_it_first() -
     assert run([sql("L1")], [late], now=T0 + 61) == []  # within the grace period
 
 
-def record(value: dict[str, Any], offset: int) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord("t", 0, offset, 1_800_000_000_000, 0, b"k", orjson.dumps(value), None,
-                          1, 1, [])
+def record(value: dict[str, Any], offset: int) -> HistoryRecord:
+    return HistoryRecord("t", 0, offset, 1_800_000_000.0, b"k", orjson.dumps(value))
 
 
 def test_a_repeated_event_id_with_another_decision_is_a_violation() -> None:

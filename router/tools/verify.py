@@ -30,55 +30,19 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.structs import ConsumerRecord
 
-from router import __version__
 from router.adapters.topics import Topics
 from router.adapters.wire import Refused, decode
 from router.domain.events import LeadProfile, NamedAccount, Rep, Stage, Touchpoint
-from router.domain.qualification import Context, LeadState, apply_profile, apply_touchpoint
 from router.domain.rules import Rules, load_rules
 from router.settings import bootstrap_servers
+from router.tools.history import PROFILES, TOUCHPOINTS, HistoryRecord, read_topic
+from router.tools.replay import decode_records, replay_events
 
 ROUND_ROBIN_RULES = frozenset({"round_robin", "language_round_robin", "fallback",
                                "reassign_after_breach"})
 CLOSING = frozenset({"accepted", "rejected", "disqualified", "converted", "released"})
 SLA_GRACE_SECONDS = 5.0
-
-
-async def read_topic(bootstrap: list[str], topic: str, timeout: float = 60.0
-                     ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of `topic`, up to the high watermark seen by the first fetches."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_wait_ms=100, max_partition_fetch_bytes=8 << 20)
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if parts is None:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[ConsumerRecord[bytes, bytes]] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=300, max_records=50_000)
-            for records in batches.values():
-                out.extend(records)
-            done = True
-            for tp in tps:
-                hw = consumer.highwater(tp)
-                if hw is None or await consumer.position(tp) < hw:
-                    done = False
-            if done:
-                return out
-        raise TimeoutError(f"could not read {topic} to its end within {timeout:.0f} s")
-    finally:
-        await consumer.stop()
 
 
 @dataclass
@@ -110,14 +74,14 @@ class Report:
                 "violations": len(self.violations)}
 
 
-def _dedupe(report: Report, name: str, records: list[ConsumerRecord[bytes, bytes]],
+def _dedupe(report: Report, name: str, records: list[HistoryRecord],
             decision_keys: tuple[str, ...]) -> list[dict[str, Any]]:
     """Drop repeated event ids (as consumers do), checking that a repeat decided the same."""
     seen: dict[str, dict[str, Any]] = {}
     out: list[dict[str, Any]] = []
     for r in records:
-        event = orjson.loads(r.value)
-        event["_ts"] = r.timestamp / 1000.0
+        event = orjson.loads(r.value or b"{}")
+        event["_ts"] = r.timestamp
         ident = event["event_id"]
         first = seen.get(ident)
         if first is None:
@@ -138,38 +102,28 @@ def _refused_inputs(letters: list[dict[str, Any]]) -> set[tuple[str, int, int]]:
 
 
 def check_qualification(report: Report, rules: Rules, topics: Topics,
-                        touchpoints: list[ConsumerRecord[bytes, bytes]],
-                        profiles: list[ConsumerRecord[bytes, bytes]],
+                        touchpoints: list[HistoryRecord],
+                        profiles: list[HistoryRecord],
                         accounts: dict[str, NamedAccount], refused: set[tuple[str, int, int]],
                         transitions: list[dict[str, Any]]) -> None:
     recycled = {t["lead_id"] for t in transitions if t["type"] == "lead.recycled"}
-    states: dict[str, LeadState] = {}
-    ctx = Context(rules=rules, router_version=__version__, emitted_at=datetime.now(UTC),
-                  is_named_account=lambda d: d in accounts)
-    inputs: list[tuple[float, int, Touchpoint | LeadProfile]] = []
-    for kind, records in ((0, profiles), (1, touchpoints)):
-        for r in records:
-            if (r.topic, r.partition, r.offset) in refused:
-                continue
-            try:
-                event: Touchpoint | LeadProfile = (
-                    decode(LeadProfile, r.key, r.value, rules) if kind == 0
-                    else decode(Touchpoint, r.key, r.value, rules)
-                )
-            except Refused:
-                report.violation(f"{r.topic}[{r.partition}]@{r.offset}: refused by the rules"
-                                 " but missing from the dead-letter topic")
-                continue
-            when = (event.updated_at if isinstance(event, LeadProfile)
-                    else event.occurred_at).timestamp()
-            inputs.append((when, kind, event))
-    inputs.sort(key=lambda x: (x[0], x[1]))
-    for _, _, event in inputs:
-        state = states.setdefault(event.lead_id, LeadState(event.lead_id))
-        if isinstance(event, LeadProfile):
-            apply_profile(state, event, ctx)
-        else:
-            apply_touchpoint(state, event, ctx)
+
+    def not_dead_lettered(r: HistoryRecord, exc: Refused) -> None:
+        report.violation(f"{physical[r.topic]}[{r.partition}]@{r.offset}: refused by the rules"
+                         " but missing from the dead-letter topic")
+
+    # the replay core reads logical topic names; dead letters name the prefixed ones
+    logical = {topics.touchpoints: TOUCHPOINTS, topics.profiles: PROFILES}
+    physical = {v: k for k, v in logical.items()}
+    records = [HistoryRecord(logical[r.topic], r.partition, r.offset, r.timestamp, r.key,
+                             r.value) for r in (*profiles, *touchpoints)]
+    skip = {(logical[t], p, o) for t, p, o in refused if t in logical}
+    ordered = decode_records(records, [rules], future_check=False, skip=skip,
+                             on_refused=not_dead_lettered)
+    inputs = [(when, kind, event) for when, kind, _, event in ordered
+              if isinstance(event, LeadProfile | Touchpoint)]
+    result = replay_events(ordered, [rules], lambda d: d in accounts, keep_states=True)
+    states = result.states[0]
     by_lead: dict[str, list[str]] = defaultdict(list)
     for when, _, event in inputs:
         what = "profile" if isinstance(event, LeadProfile) else f"{event.type.value}"
@@ -286,7 +240,7 @@ def check_dead_letters(report: Report, letters: list[dict[str, Any]],
 M = TypeVar("M", Rep, NamedAccount)
 
 
-def _latest(report: Report, records: list[ConsumerRecord[bytes, bytes]], model: type[M],
+def _latest(report: Report, records: list[HistoryRecord], model: type[M],
             rules: Rules) -> dict[str, M]:
     """The final content of a compacted topic: latest value per key, tombstones removed."""
     out: dict[str, M] = {}
@@ -322,7 +276,7 @@ async def verify(broker: str, prefix: str, rules: Rules) -> Report:
     report = Report()
     for name in names[:5]:
         report.counts[name] = len(raw[name])
-    letters = [orjson.loads(r.value) for r in raw[topics.deadletter]]
+    letters = [orjson.loads(r.value) for r in raw[topics.deadletter] if r.value is not None]
     report.counts[topics.deadletter] = len(letters)
     transitions = _dedupe(report, topics.transitions, raw[topics.transitions],
                           ("type", "lead_id", "cycle", "to_stage"))
@@ -334,11 +288,11 @@ async def verify(broker: str, prefix: str, rules: Rules) -> Report:
     activity = []
     for r in raw[topics.activity]:
         try:
-            event = orjson.loads(r.value)
+            event = orjson.loads(r.value or b"null")
         except orjson.JSONDecodeError:
             continue
         if isinstance(event, dict) and isinstance(event.get("lead_id"), str):
-            event["_ts"] = r.timestamp / 1000.0
+            event["_ts"] = r.timestamp
             activity.append(event)
     refused = _refused_inputs(letters)
     check_qualification(report, rules, topics, raw[topics.touchpoints], raw[topics.profiles],
