@@ -154,6 +154,61 @@ def check_qualification(report: Report, rules: Rules, topics: Topics,
     report.counts["leads checked against the rules"] = checked
 
 
+DECAY_GRACE_SECONDS = 10.0
+
+
+def check_decay(report: Report, rules: Rules, touchpoints: list[HistoryRecord],
+                refused: set[tuple[str, int, int]], transitions: list[dict[str, Any]],
+                now: float) -> None:
+    """MQL decay (SPEC §2.2): every `decayed` recycle was an MQL (not SQL) of that cycle with
+    no touchpoint, produced before the decay, inside the window that ended at it; and every
+    MQL left in its stage has not outlived its deadline (newest touch or MQL, plus the window)
+    by more than the grace."""
+    window = rules.decay_seconds
+    touches: dict[str, list[tuple[float, float]]] = defaultdict(list)  # (occurred, produced)
+    for r in touchpoints:
+        if (r.topic, r.partition, r.offset) in refused:
+            continue
+        try:
+            tp = decode(Touchpoint, r.key, r.value, rules)
+        except Refused:
+            continue  # reported by check_qualification
+        touches[tp.lead_id].append((tp.occurred_at.timestamp(), r.timestamp))
+    stages: dict[tuple[str, int], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for t in transitions:
+        stages[(t["lead_id"], t["cycle"])][t["type"]] = t
+    decayed = 0
+    for (lead, cycle), seen in sorted(stages.items()):
+        recycled = seen.get("lead.recycled")
+        if recycled is not None and recycled["criteria"].get("recycled_because") == "decayed":
+            decayed += 1
+            if window is None:
+                report.violation(f"{recycled['event_id']}: decayed, but decay is switched off")
+                continue
+            if "lead.mql" not in seen or "lead.sql" in seen:
+                report.violation(f"{recycled['event_id']}: decayed, but cycle {cycle} was not"
+                                 " an MQL short of SQL")
+            at, emitted = _ts(recycled["occurred_at"]), _ts(recycled["emitted_at"])
+            # (times are written to the millisecond: 2 ms of slack at the window edge)
+            # produced 2 s or more before the decay: the router had it (the touchpoint and
+            # decay records travel on different topics, so closer ones may cross in flight)
+            engaged = [o for o, produced in touches[lead]
+                       if at - window + 0.002 < o < at and produced <= emitted - 2.0]
+            if engaged:
+                report.violation(f"{recycled['event_id']}: decayed at {recycled['occurred_at']}"
+                                 f" although it engaged {at - max(engaged):.0f} s before")
+        elif (window is not None and recycled is None and "lead.mql" in seen
+              and "lead.sql" not in seen and (lead, cycle + 1) not in stages):
+            newest = max((o for o, _ in touches[lead]), default=None)
+            since = max(x for x in (newest, _ts(seen["lead.mql"]["occurred_at"]))
+                        if x is not None)
+            if since + window < now - DECAY_GRACE_SECONDS:
+                report.violation(f"{lead} cycle {cycle}: MQL with no engagement since"
+                                 f" {datetime.fromtimestamp(since, UTC):%Y-%m-%dT%H:%M:%SZ}"
+                                 " should have decayed")
+    report.counts["mqls decayed"] = decayed
+
+
 def check_routing(report: Report, roster: dict[str, Rep], transitions: list[dict[str, Any]],
                   assignments: list[dict[str, Any]], activity: list[dict[str, Any]],
                   sla: list[dict[str, Any]], now: float) -> None:
@@ -301,6 +356,7 @@ async def verify(broker: str, prefix: str, rules: Rules) -> Report:
     inputs = {name: {(r.partition, r.offset): r.key for r in raw[name]}
               for name in (topics.touchpoints, topics.profiles, topics.activity)}
     check_dead_letters(report, letters, inputs)
+    check_decay(report, rules, raw[topics.touchpoints], refused, transitions, time.time())
     report.notes.append("accounts are taken at their final state; a named account added or"
                         " removed during the run can make ABM leads differ")
     return report

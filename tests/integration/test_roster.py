@@ -128,7 +128,7 @@ async def test_a_rep_left_out_is_tombstoned_and_leaves_the_workers_roster(
         status, view = worker.get("/reps")
         on_roster = {r["rep_id"] for r in view["reps"] if r["on_roster"]} if status == 200 \
             else set()
-        if gone not in on_roster and on_roster or time.monotonic() > deadline:
+        if (on_roster and gone not in on_roster) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
     assert on_roster == {r["rep_id"] for r in raw["reps"]}
@@ -158,7 +158,7 @@ async def test_a_dry_run_writes_nothing(broker: LocalBroker, tmp_path: Path) -> 
     assert after == before
     # a bad file is refused before anything is read or written, naming line and field
     file.write_text("reps:\n  - rep_id: R-1\n    weight: 0\n", encoding="utf-8")
-    done = subprocess.run(command[:-5] + ["--broker", broker.url, "--topic-prefix", prefix],
+    done = subprocess.run([*command[:-5], "--broker", broker.url, "--topic-prefix", prefix],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1
     assert f"{file}:3: reps[0].weight:" in done.stderr
