@@ -112,7 +112,7 @@ def report_page(r: dict[str, Any]) -> str:
     funnel = go.Figure(go.Funnel(
         y=["MQL", "SQL", "assigned", "accepted"],
         x=[r["mql"], r["sql"], r["assigned"], r["accepted"]],
-        textinfo="value+percent initial", marker={"color": PALETTE[:4]}))
+        textinfo="value", marker={"color": PALETTE[:4]}))
     funnel.update_layout(title="Funnel")
     charts.append(_chart("funnel", funnel))
 
@@ -146,7 +146,7 @@ def report_page(r: dict[str, Any]) -> str:
         trend.add_trace(go.Scatter(x=days, y=[row[column] for row in r["trend"]],
                                    mode="lines+markers", name=column,
                                    line={"color": PALETTE[i % len(PALETTE)]}))
-    trend.update_layout(title="Per day")
+    trend.update_layout(title="Per day", xaxis={"type": "category"})
     charts.append(_chart("trend", trend))
     parts.append('<div class="grid">' + "".join(charts) + "</div>")
 

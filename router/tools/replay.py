@@ -382,11 +382,12 @@ def default_workers() -> int:
 def replay(records: Sequence[HistoryRecord], rule_sets: Sequence[Rules],
            accounts: Iterable[str], *, count_from: float | None = None,
            future_check: bool = True, workers: int = 1, progress: bool = False,
-           ) -> ReplayResult:
+           parallel_from: int = 20_000) -> ReplayResult:
     """Replay `records` (touchpoints, profiles, activity) under each rule set.
 
     With `workers` > 1 the leads are split across that many forked processes. `progress`
-    shows a bar on stderr (tqdm) counting the events applied.
+    shows a bar on stderr (tqdm) counting the events applied. Fewer than `parallel_from`
+    records are replayed in this process: forking costs more than they do.
     """
     global _JOB, _COUNTER
     job = _Job(records, rule_sets, frozenset(a.lower() for a in accounts), count_from,
@@ -395,7 +396,7 @@ def replay(records: Sequence[HistoryRecord], rule_sets: Sequence[Rules],
     bar = _progress_bar(total, progress)
     _JOB = job
     try:
-        if job.shares == 1 or total < 20_000:
+        if job.shares == 1 or total < parallel_from:
             job.shares = 1
             counter = _BarCounter(bar)
             refused = [Counter[str]() for _ in rule_sets]

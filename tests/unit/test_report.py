@@ -1,0 +1,126 @@
+"""`leadrouter report` on outputs written by hand: every figure below is counted by hand."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from router.tools.history import ASSIGNMENTS, SLA, TRANSITIONS, TimeRange
+from router.tools.report import build_report, nearest_rank, render_text
+from tests.unit import tools_fixtures as fx
+
+
+def out(topic: str, events: list[tuple[float, dict[str, Any]]]) -> list[fx.HistoryRecord]:
+    return [fx.record(topic, i, e, e["lead_id"], fx.at(m)) for i, (m, e) in enumerate(events)]
+
+
+def transition(kind: str, lead: str, path: str | None, trigger: str) -> dict[str, Any]:
+    return {"event_id": f"{lead}:c1:{kind}", "type": f"lead.{kind}", "lead_id": lead,
+            "cycle": 1, "path": path, "triggered_by": trigger}
+
+
+def assignment(kind: str, lead: str, rep: str | None, pool: str, klass: str,
+               seq: int = 1) -> dict[str, Any]:
+    ident = f"{lead}:c1:queued" if kind == "queued" else f"{lead}:c1:assign:{seq}"
+    return {"event_id": ident, "type": f"lead.{kind}", "lead_id": lead, "cycle": 1,
+            "rep_id": rep, "pool": pool, "sla": {"class": klass, "due_at": fx.iso(fx.T0)}}
+
+
+def sla(kind: str, lead: str, rep: str, pool: str, klass: str) -> dict[str, Any]:
+    return {"event_id": f"{lead}:c1:sla:1:{kind}", "type": f"sla.{kind}", "lead_id": lead,
+            "cycle": 1, "rep_id": rep, "pool": pool, "sla_class": klass}
+
+
+def week() -> fx.History:
+    h = fx.history()  # its touchpoints (channels, campaigns); its activity is replaced below
+    h.records[TRANSITIONS] = out(TRANSITIONS, [
+        (10, transition("mql", "L1", "standard", "tp-L1-2")),
+        (15, transition("mql", "L3", "standard", "tp-L3-2")),
+        (5, transition("sql", "L2", "direct", "tp-L2-1")),
+        (30, transition("sql", "L1", "standard", "tp-L1-4")),
+        (30, transition("sql", "L1", "standard", "tp-L1-4")),  # a repeat: dropped
+        (40, transition("sql", "L6", "abm", "profile@2026-11-02T09:40:00Z")),
+    ])
+    h.records[ASSIGNMENTS] = out(ASSIGNMENTS, [
+        (5, assignment("assigned", "L2", "R-02", "EMEA", "high_intent")),
+        (30, assignment("assigned", "L1", "R-01", "NA", "behavioural")),
+        (40, assignment("queued", "L6", None, "NA", "behavioural")),
+        (45, assignment("assigned", "L6", "R-01", "NA", "behavioural")),
+    ])
+    from router.tools.history import ACTIVITY
+
+    h.records[ACTIVITY] = [fx.record(ACTIVITY, i, a, a["lead_id"],
+                                     datetime.fromisoformat(a["occurred_at"]))
+                           for i, a in enumerate([
+                               fx.activity("L2", "first_touch", 15, rep="R-02"),
+                               fx.activity("L2", "rejected", 20, "could_not_reach", "R-02"),
+                               fx.activity("L1", "first_touch", 32),
+                               fx.activity("L1", "accepted", 50),
+                               fx.activity("L6", "first_touch", 46),
+                               fx.activity("L6", "rejected", 50, "no_fit"),
+                               fx.activity("L3", "accepted", 50, rep="R-09"),  # not the holder
+                           ])]
+    h.records[SLA] = out(SLA, [
+        (10, sla("breached", "L2", "R-02", "EMEA", "high_intent")),
+        (32, sla("met", "L1", "R-01", "NA", "behavioural")),
+        (46, sla("met", "L6", "R-01", "NA", "behavioural")),
+    ])
+    return h
+
+
+def test_the_weekly_figures_match_the_hand_count() -> None:
+    r = build_report(week(), TimeRange(None, None))
+    assert (r["mql"], r["sql"]) == (2, 3)
+    assert r["sql_by_path"] == {"direct": 1, "standard": 1, "abm": 1}
+    assert r["sql_by_pool"] == {"EMEA": 1, "NA": 2}
+    assert r["sql_by_channel"] == {"first_touch": {"ads": 1, "web": 1, "unknown": 1},
+                                   "trigger": {"ads": 1, "email": 1, "(profile update)": 1}}
+    assert r["sql_by_campaign"]["first_touch"] == {"search": 1, "q4-webinar": 1, "none": 1}
+    assert r["sql_by_campaign"]["trigger"] == {"search": 1, "nurture": 1,
+                                               "(profile update)": 1}
+    assert r["mql_to_sql_rate"] == 0.5  # L1 of L1 and L3
+    assert (r["assigned"], r["accepted"], r["rejected"]) == (3, 1, 2)  # R-09's is not counted
+    assert (r["acceptance_rate"], r["rejection_rate"]) == (0.3333, 0.6667)
+    assert r["rejections_by_reason"] == {"could_not_reach": 1, "no_fit": 1}
+    # first touch minus the clock start: L2 10 min, L1 2 min, L6 6 min (from its queueing)
+    assert r["first_touch_p50_seconds"] == 360.0 and r["first_touch_p90_seconds"] == 600.0
+    assert r["first_touch_seconds"]["by_pool"]["NA"] == {"count": 2, "p50": 120.0, "p90": 360.0}
+    assert r["sla_breach_rate"] == 0.3333
+    assert r["sla_breach_rate_by"]["pool"] == {
+        "EMEA": {"met": 0, "breached": 1, "rate": 1.0},
+        "NA": {"met": 2, "breached": 0, "rate": 0.0}}
+    assert r["queue"] == {"queued": 1, "still_queued": 0, "seconds_p50": 300.0,
+                          "seconds_p90": 300.0, "seconds_max": 300.0}
+    assert [f["flag"] for f in r["flags"]] == [
+        "rejection_rate", "no_fit", "could_not_reach",
+        "sla_breach_class", "sla_breach_pool", "sla_breach_rep"]
+    assert [f.get("name") for f in r["flags"][3:]] == ["high_intent", "EMEA", "R-02"]
+    assert r["trend"] == [{"day": "2026-11-02", "mql": 2, "sql": 3, "assigned": 3,
+                           "accepted": 1, "rejected": 2, "sla_breached": 1}]
+    assert "FLAGS:" in render_text(r)
+
+
+def test_the_range_keeps_only_its_records_and_no_diagnostic_fires_on_a_clean_week() -> None:
+    h = week()
+    after_l2 = TimeRange((fx.T0 + timedelta(minutes=25)).timestamp(), None)
+    r = build_report(h, after_l2)
+    assert (r["sql"], r["assigned"], r["rejected"]) == (2, 2, 1)
+    assert r["rejections_by_reason"] == {"no_fit": 1}
+    empty = build_report(fx.history(), TimeRange(None, None))
+    assert empty["flags"] == [] and empty["acceptance_rate"] is None
+
+
+def test_bad_timing_above_40_percent_flags_an_early_hand_off() -> None:
+    from collections import Counter
+
+    from router.tools.report import diagnostics
+
+    flags = diagnostics(0.2, Counter(bad_timing=5, no_fit=1, other=4), {})
+    assert [f["flag"] for f in flags] == ["bad_timing"]  # 50% > 40%; no_fit 10% < 20%
+    assert diagnostics(0.25, Counter(bad_timing=4, other=6), {}) == []  # lines are strict
+
+
+def test_nearest_rank() -> None:
+    assert nearest_rank([40, 10, 30, 20], 0.5) == 20
+    assert nearest_rank([40, 10, 30, 20], 0.9) == 40
+    assert nearest_rank([], 0.5) is None
