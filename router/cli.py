@@ -14,6 +14,17 @@ from router import __version__
 def _cmd_broker(args: argparse.Namespace) -> int:
     from router.harness.brokers import BrokerError, describe, local_broker
 
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if starting:
+            raise KeyboardInterrupt  # interrupt the start; `finally` below stops the nodes
+
+    starting = True
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         broker = local_broker(args.kind, port=args.port, nodes=args.nodes,
                               data_dir=Path(args.data_dir) if args.data_dir else None,
@@ -23,18 +34,14 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     except BrokerError as exc:
         print(f"leadrouter broker: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("leadrouter broker: interrupted while starting; stopped", file=sys.stderr)
+        return 130
+    starting = False
     print(f"{describe(broker)} listening on {broker.url}", flush=True)
     print(f"bootstrap: {broker.bootstrap}", flush=True)
     print("set LEADROUTER_BROKER=" + broker.url + " (workers recognise the broker and switch"
           " its workarounds on by themselves)", flush=True)
-    stopping = False
-
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     try:
         while not stopping:
             if not broker.alive():
@@ -114,7 +121,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from router.tools.verify import run_verify
 
-    return run_verify(args.broker, args.topic_prefix, args.rules, args.json)
+    return run_verify(args.broker, args.topic_prefix, args.rules, args.json, args.strict)
 
 
 def _cmd_roster_apply(args: argparse.Namespace) -> int:
@@ -170,7 +177,7 @@ def _add_history_arguments(p: argparse.ArgumentParser, since: str | None) -> Non
 def _cmd_chaos(args: argparse.Namespace) -> int:
     from router.harness.chaos import main as chaos_main
 
-    return chaos_main(full=not args.short, rate=args.rate)
+    return chaos_main(args)
 
 
 def _cmd_notify(args: argparse.Namespace) -> int:
@@ -306,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic-prefix", default="")
     p.add_argument("--rules", default=None, help="the rules file the workers ran with")
     p.add_argument("--json", action="store_true", help="also print a JSON summary line")
+    p.add_argument("--strict", action="store_true", help="exactly-once runs: read_committed,"
+                   " every expected output exactly once, no repeated event id")
     p.set_defaults(func=_cmd_verify)
 
     roster = sub.add_parser("roster", help="reps and named accounts as a YAML file").add_subparsers(
@@ -355,9 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("chaos", help="fault injection under traffic, then verify (embedded)")
-    p.add_argument("--short", action="store_true", help="only kill/restart and add a worker")
-    p.add_argument("--rate", type=float, default=60.0, help="touchpoints per second")
+    from router.harness.chaos import add_arguments as add_chaos_arguments
+
+    p = sub.add_parser("chaos", help="fault injection under traffic, then verify (local"
+                       " broker); --kill-loop for repeated worker crashes")
+    add_chaos_arguments(p)
     p.set_defaults(func=_cmd_chaos)
 
     from router.notify import add_arguments as add_notify_arguments
