@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -106,13 +107,13 @@ async def test_broker_command_keeps_topics_offsets_and_groups_in_its_data_dir(
 
 
 async def test_broker_command_without_a_data_dir_removes_what_it_made() -> None:
-    before = {p.name for p in Path("/tmp").glob("leadrouter-kafka-*")}
-    proc, bootstrap = start_cli("--port", str(free_port()))
-    made = {p.name for p in Path("/tmp").glob("leadrouter-kafka-*")} - before
+    before = {p.name for p in Path(tempfile.gettempdir()).glob("leadrouter-kafka-*")}
+    proc, _bootstrap = start_cli("--port", str(free_port()))
+    made = {p.name for p in Path(tempfile.gettempdir()).glob("leadrouter-kafka-*")} - before
     assert len(made) == 1
     out = stop_cli(proc)
     assert "temporary data removed" in out
-    assert not (Path("/tmp") / made.pop()).exists()
+    assert not (Path(tempfile.gettempdir()) / made.pop()).exists()
 
 
 def test_broker_command_names_what_is_missing_without_java(tmp_path: Path) -> None:

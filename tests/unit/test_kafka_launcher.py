@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from router.harness.brokers import BrokerError, KafkaBroker, local_broker
-from router.harness.brokers import kafka_jars
+from router.harness.brokers import BrokerError, KafkaBroker, kafka_jars, local_broker
 from router.harness.brokers.kafka import min_heap
 
 
@@ -69,7 +68,7 @@ def test_missing_java_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> N
 def test_missing_maven_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
                                             tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(BrokerError, match="`mvn` is not on PATH.*maven"):
+    with pytest.raises(BrokerError, match=r"`mvn` is not on PATH.*maven"):
         kafka_jars.resolve(kafka_jars.KAFKA_VERSION, tmp_path / "jars")
 
 
