@@ -13,6 +13,18 @@ rules offline, and checks the outputs after dropping repeated event ids:
    closed by sales first;
 6. every dead letter names an input that exists, with its key.
 
+Every missing output is also reported as a `Lost` entry naming its lead and the output that was
+due (a stage's transition, an SQL's assignment or queueing, a hostile record's dead letter), so a
+chaos run can say which leads a crash cost and look up their input records in the worker traces.
+`strict=True` (exactly-once runs) reads `read_committed` and makes any repeated event id a
+violation: every expected output must be there exactly once.
+
+Why chaos passed while issue 12's runs lost leads: this oracle judges outcomes (a lead's final
+stage, an SQL's routing), not records. A skipped input record is only visible when it changes an
+outcome, and the chaos traffic (2,000 mostly cold leads, ~3 events each) makes most records
+irrelevant to one; issue 12 tracked leads whose every record counts. The runs also had one
+SIGKILL each, always of the same worker, where issue 12 saw losses in 2 of 6 runs of 2-5 kills.
+
 Order-dependent decisions (which rep, MQL-before-SQL) are checked for their invariants, not for
 one exact order. Capacity is replayed with activity counted at its produce time, which is no
 later than when the router applied it: the check can miss a violation but never invent one.
@@ -45,15 +57,37 @@ CLOSING = frozenset({"accepted", "rejected", "disqualified", "converted", "relea
 SLA_GRACE_SECONDS = 5.0
 
 
+@dataclass(frozen=True)
+class Lost:
+    """An output the inputs call for that is not on its topic: which lead, which output."""
+
+    lead: str
+    expected: str  # "lead.sql", "lead.mql", "lead.assigned or lead.queued", "dead letter"
+    detail: str = ""  # cycle, or the hostile record's topic[partition]@offset
+
+
 @dataclass
 class Report:
     counts: Counter[str] = field(default_factory=Counter)
     repeats: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    lost: list[Lost] = field(default_factory=list)
+    strict: bool = False
 
     def violation(self, text: str) -> None:
         self.violations.append(text)
+
+    def lose(self, lead: str, expected: str, detail: str, text: str) -> None:
+        """A missing output: a violation, and an entry of the by-lead loss report."""
+        self.lost.append(Lost(lead, expected, detail))
+        self.violation(text)
+
+    def lost_by_lead(self) -> dict[str, list[Lost]]:
+        out: dict[str, list[Lost]] = defaultdict(list)
+        for entry in self.lost:
+            out[entry.lead].append(entry)
+        return dict(sorted(out.items()))
 
     def render(self) -> str:
         lines = ["leadrouter verify"]
@@ -67,11 +101,17 @@ class Report:
             lines.extend(f"    - {v}" for v in self.violations[:200])
         else:
             lines.append("  violations: 0")
+        by_lead = self.lost_by_lead()  # every one, never truncated
+        lines.append(f"  lost outputs: {len(self.lost)} of {len(by_lead)} leads")
+        for lead, entries in by_lead.items():
+            lines.append(f"    {lead}: " + "; ".join(
+                f"{e.expected} ({e.detail})" if e.detail else e.expected for e in entries))
         return "\n".join(lines)
 
     def summary(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "repeats_dropped": dict(self.repeats),
-                "violations": len(self.violations)}
+                "violations": len(self.violations), "lost": len(self.lost),
+                "lost_leads": len(self.lost_by_lead()), "strict": self.strict}
 
 
 def _dedupe(report: Report, name: str, records: list[HistoryRecord],
@@ -89,6 +129,8 @@ def _dedupe(report: Report, name: str, records: list[HistoryRecord],
             out.append(event)
             continue
         report.repeats[name] += 1
+        if report.strict:
+            report.violation(f"{name}: {ident} repeated (exactly-once allows none)")
         changed = [k for k in decision_keys if first.get(k) != event.get(k)]
         if changed:
             report.violation(f"{name}: {ident} repeated with a different {', '.join(changed)}"
@@ -109,8 +151,9 @@ def check_qualification(report: Report, rules: Rules, topics: Topics,
     recycled = {t["lead_id"] for t in transitions if t["type"] == "lead.recycled"}
 
     def not_dead_lettered(r: HistoryRecord, exc: Refused) -> None:
-        report.violation(f"{physical[r.topic]}[{r.partition}]@{r.offset}: refused by the rules"
-                         " but missing from the dead-letter topic")
+        where = f"{physical[r.topic]}[{r.partition}]@{r.offset}"
+        report.lose((r.key or b"").decode("utf-8", "replace"), "dead letter", where,
+                    f"{where}: refused by the rules but missing from the dead-letter topic")
 
     # the replay core reads logical topic names; dead letters name the prefixed ones
     logical = {topics.touchpoints: TOUCHPOINTS, topics.profiles: PROFILES}
@@ -141,11 +184,13 @@ def check_qualification(report: Report, rules: Rules, topics: Topics,
         if state.stage is not Stage.NEW and not got:
             report.notes.append(f"{lead} inputs: {', '.join(by_lead[lead][:12])}")
         if state.stage is Stage.SQL and "lead.sql" not in got:
-            report.violation(f"{lead}: the rules call for SQL, no lead.sql was emitted")
+            report.lose(lead, "lead.sql", "cycle 1",
+                        f"{lead}: the rules call for SQL, no lead.sql was emitted")
         if state.stage is not Stage.SQL and "lead.sql" in got:
             report.violation(f"{lead}: lead.sql emitted, the rules say {state.stage.value}")
         if state.stage is Stage.MQL and "lead.mql" not in got:
-            report.violation(f"{lead}: the rules call for MQL, no lead.mql was emitted")
+            report.lose(lead, "lead.mql", "cycle 1",
+                        f"{lead}: the rules call for MQL, no lead.mql was emitted")
         if state.stage is Stage.NEW and "lead.mql" in got:
             report.violation(f"{lead}: lead.mql emitted, the rules say new")
     for lead in observed:
@@ -218,7 +263,8 @@ def check_routing(report: Report, roster: dict[str, Rep], transitions: list[dict
         outcome[(a["lead_id"], a["cycle"])].append(a)
     for key in sorted(sqls):
         if not outcome.get(key):
-            report.violation(f"{key[0]} cycle {key[1]}: lead.sql was never assigned or queued")
+            report.lose(key[0], "lead.assigned or lead.queued", f"cycle {key[1]}",
+                        f"{key[0]} cycle {key[1]}: lead.sql was never assigned or queued")
     for (lead, cycle), events in outcome.items():
         first_assignments = [e for e in events if e["type"] == "lead.assigned"]
         if len(first_assignments) > 1:
@@ -320,15 +366,17 @@ def _seq(event_id: str) -> int:
     return int(event_id.rsplit(":", 2)[1])
 
 
-async def verify(broker: str, prefix: str, rules: Rules) -> Report:
+async def verify(broker: str, prefix: str, rules: Rules, strict: bool = False) -> Report:
+    """`strict`: exactly-once runs (read_committed, no repeated event id at all)."""
     bootstrap = bootstrap_servers(broker)
     topics = Topics.with_prefix(prefix)
     names = [topics.touchpoints, topics.profiles, topics.reps, topics.accounts,
              topics.activity, topics.transitions, topics.assignments, topics.sla,
              topics.deadletter]
-    raw = dict(zip(names, await asyncio.gather(*(read_topic(bootstrap, n) for n in names)),
-                   strict=True))
-    report = Report()
+    isolation = "read_committed" if strict else "read_uncommitted"
+    raw = dict(zip(names, await asyncio.gather(*(
+        read_topic(bootstrap, n, isolation_level=isolation) for n in names)), strict=True))
+    report = Report(strict=strict)
     for name in names[:5]:
         report.counts[name] = len(raw[name])
     letters = [orjson.loads(r.value) for r in raw[topics.deadletter] if r.value is not None]
@@ -362,9 +410,10 @@ async def verify(broker: str, prefix: str, rules: Rules) -> Report:
     return report
 
 
-def run_verify(broker: str, prefix: str, rules_path: str | None, as_json: bool) -> int:
+def run_verify(broker: str, prefix: str, rules_path: str | None, as_json: bool,
+               strict: bool = False) -> int:
     rules = load_rules(rules_path)
-    report = asyncio.run(verify(broker, prefix, rules))
+    report = asyncio.run(verify(broker, prefix, rules, strict))
     print(report.render())
     if as_json:
         print(orjson.dumps({"verify": report.summary()}).decode())

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router.harness.chaos import longest_stall, run_chaos
+from router.harness.chaos.run import run_chaos
+from router.harness.chaos.session import longest_stall
 
 
 async def test_kill_restart_and_join_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> None:

@@ -1,0 +1,172 @@
+"""Trace forensics: which input records of a lost lead never reached the worker.
+
+With `--trace` the workers run with LEADROUTER_TRACE=1 and JSON logs. Two trace lines are read
+(router/worker/app.py and faust_fixes.py write them):
+
+  {"logger": "router.trace", "msg": "batch", "agent": "qualify", "generation": 7,
+   "ranges": {"<prefix>leads.touchpoints[3]": "410-437/28", ...}, "dropped": 0}
+  {"logger": "router.trace", "msg": "commit", "ok": true, "generation": 7,
+   "offsets": {"<prefix>leadrouter-routing[0]": 29, ...}}
+
+A batch line says the records first..last of a partition were handed to the agent ("reached");
+`dropped` > 0 means some of the batch belonged to revoked partitions and was not processed, and
+the line does not say which: such ranges count as "reached, maybe dropped". Only the qualify
+agent traces its batches, so for the routing topic the reader can only say whether a commit went
+past the record. A record that reached the agent can still have been lost later (a crash before
+its outputs); one that never reached it was skipped by the consumer.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from router.tools.history import HistoryRecord, read_topic
+
+if TYPE_CHECKING:
+    from router.harness.chaos.session import ChaosRun
+    from router.tools.verify import Report
+
+
+@dataclass(frozen=True)
+class TracedRange:
+    source: str  # worker log name
+    generation: int | None
+    first: int
+    last: int
+    clean: bool  # the batch dropped nothing
+
+
+@dataclass
+class Traces:
+    """Batch ranges and successful commits per partition ("topic[p]"), from worker logs."""
+
+    ranges: dict[str, list[TracedRange]] = field(default_factory=lambda: defaultdict(list))
+    commits: dict[str, list[tuple[int, str, int | None]]] = field(
+        default_factory=lambda: defaultdict(list))
+    batches: int = 0
+
+    def add_line(self, line: str, source: str) -> None:
+        if '"router.trace"' not in line:
+            return
+        try:
+            entry: Any = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(entry, dict) or entry.get("logger") != "router.trace":
+            return
+        generation = entry.get("generation")
+        if entry.get("msg") == "batch" and isinstance(entry.get("ranges"), dict):
+            self.batches += 1
+            clean = not entry.get("dropped")
+            for tp, text in entry["ranges"].items():
+                span, _, _ = str(text).partition("/")
+                first, _, last = span.partition("-")
+                self.ranges[tp].append(TracedRange(source, generation, int(first), int(last),
+                                                   clean))
+        elif entry.get("msg") == "commit" and entry.get("ok") and isinstance(
+                entry.get("offsets"), dict):
+            for tp, offset in entry["offsets"].items():
+                if isinstance(offset, int):
+                    self.commits[tp].append((offset, source, generation))
+
+    def status(self, tp: str, offset: int, traced: bool = True) -> str:
+        """What the traces say about one record: reached the agent (where), or not.
+        `traced`: the agent consuming this topic writes batch traces."""
+        hits = [r for r in self.ranges.get(tp, []) if r.first <= offset <= r.last]
+        if any(r.clean for r in hits):
+            r = next(r for r in hits if r.clean)
+            return f"reached the agent ({r.source}, generation {r.generation})"
+        if hits:
+            return "reached the agent only in batches that dropped revoked records"
+        over = [c for c in self.commits.get(tp, []) if c[0] > offset]
+        committed = ""
+        if over:
+            c = min(over)
+            committed = f"; committed over (to {c[0]}, {c[1]}, generation {c[2]})"
+        if traced:
+            return "NEVER reached the agent" + committed
+        return "not traced (no batch trace for this partition)" + committed
+
+    def unreached(self, records: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The (topic[p], offset) of `records` (of traced topics) no traced batch covers."""
+        spans: dict[str, tuple[list[int], list[int]]] = {}
+        for tp, ranges in self.ranges.items():
+            merged: list[list[int]] = []
+            for r in sorted(ranges, key=lambda r: r.first):
+                if merged and r.first <= merged[-1][1] + 1:
+                    merged[-1][1] = max(merged[-1][1], r.last)
+                else:
+                    merged.append([r.first, r.last])
+            spans[tp] = ([m[0] for m in merged], [m[1] for m in merged])
+        out = []
+        for tp, offset in records:
+            firsts, lasts = spans.get(tp, ([], []))
+            i = bisect.bisect_right(firsts, offset) - 1
+            if i < 0 or lasts[i] < offset:
+                out.append((tp, offset))
+        return out
+
+
+def read_traces(logs: Iterable[Path]) -> Traces:
+    traces = Traces()
+    for path in logs:
+        with open(path, errors="replace") as f:
+            for line in f:
+                traces.add_line(line, path.name)
+    return traces
+
+
+def _tp(r: HistoryRecord) -> str:
+    return f"{r.topic}[{r.partition}]"
+
+
+async def explain_losses(report: Report, run: ChaosRun, bootstrap: str) -> str:
+    """For each lead with a lost output, its input records (topic[partition]@offset) and what
+    the traces say about each; first, how many input records of the run never reached an agent
+    at all (lost or not: most skipped records change no outcome). Sets `run.unreached`."""
+    traces = read_traces(sorted(run.workdir.glob("worker-*.log")))
+    topics = run.topics
+    names = [topics.touchpoints, topics.profiles, topics.routing]
+    records: list[HistoryRecord] = []
+    for name in names:
+        records += await read_topic([bootstrap], name)
+    lines = [f"trace forensics ({traces.batches} traced batches in {run.workdir}):"]
+    if not traces.batches:
+        lines.append("  no batch traces in the worker logs: nothing to say per record")
+        return "\n".join(lines)
+    qualify_inputs = [(_tp(r), r.offset) for r in records if r.topic != topics.routing]
+    unreached = traces.unreached(qualify_inputs)
+    run.unreached = len(unreached)
+    per_tp: dict[str, list[int]] = defaultdict(list)
+    for tp, offset in unreached:
+        per_tp[tp].append(offset)
+    lines.append(f"  input records that never reached the qualify agent: {len(unreached)} of"
+                 f" {len(qualify_inputs)}"
+                 + "".join(f"; {tp} @{_offsets(o)}" for tp, o in sorted(per_tp.items())))
+    by_key: dict[str, list[HistoryRecord]] = defaultdict(list)
+    for r in records:
+        by_key[(r.key or b"").decode("utf-8", "replace")].append(r)
+    for lead, entries in report.lost_by_lead().items():
+        lines.append(f"  {lead} lost " + "; ".join(e.expected for e in entries) + ":")
+        for r in sorted(by_key.get(lead, []), key=lambda r: (r.topic, r.partition, r.offset)):
+            status = traces.status(_tp(r), r.offset, traced=r.topic != topics.routing)
+            lines.append(f"    {_tp(r)}@{r.offset}: {status}")
+    return "\n".join(lines)
+
+
+def _offsets(offsets: list[int]) -> str:
+    """[3, 4, 5, 9] -> '3-5,9'."""
+    out: list[str] = []
+    for o in sorted(offsets):
+        if out and out[-1].split("-")[-1] == str(o - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{o}"
+        else:
+            out.append(str(o))
+    return ",".join(out)
