@@ -8,12 +8,15 @@ so a changed or extra jar is refused, not run.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -163,17 +166,36 @@ def jar_dir(version: str = KAFKA_VERSION, *, progress: bool = True) -> Path:
     lock_digest = hashlib.sha256(repr(sorted(expected.items())).encode()).hexdigest()
     if stamp.is_file() and stamp.read_text().strip() == lock_digest:
         return jars
+    with exclusive(target / ".resolve.lock"):  # parallel test processes resolve it once
+        if stamp.is_file() and stamp.read_text().strip() == lock_digest:
+            return jars
+        _resolve_verified(version, target, jars, expected, progress)
+        stamp.write_text(lock_digest + "\n")
+    return jars
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _resolve_verified(version: str, target: Path, jars: Path, expected: dict[str, str],
+                      progress: bool) -> None:
     if progress:
         print(f"leadrouter: resolving Apache Kafka {version} ({len(expected)} jars, about"
               f" 50 MB) from Maven Central into {target} (first run only)...",
               file=sys.stderr, flush=True)
     resolve(version, jars)
     verify(jars, expected)
-    stamp.write_text(lock_digest + "\n")
     if progress:
         print(f"leadrouter: Apache Kafka {version} jars verified ({len(expected)} SHA-256"
               " checksums)", file=sys.stderr, flush=True)
-    return jars
 
 
 def resolve(version: str, jars: Path) -> None:
