@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from router.harness.bench.run import REQUIRED_KEYS
+from router.harness.bench.report import REQUIRED_KEYS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

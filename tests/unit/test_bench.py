@@ -13,26 +13,24 @@ import pytest
 
 from router.domain.events import LeadProfile, Rep, Touchpoint
 from router.domain.rules import load_rules
-from router.harness.bench.run import (
+from router.harness.bench.load import (
     MAX_TOUCHPOINT_BYTES,
     MIN_TOUCHPOINT_BYTES,
-    REQUIRED_KEYS,
-    TARGETS,
-    Processes,
-    add_ratios,
     bench_roster,
     build_mix,
-    json_line,
+    probe_profiles,
+    probe_touchpoint,
+)
+from router.harness.bench.measure import (
     parse_cpu_seconds,
     parse_vmhwm,
     percentile,
-    probe_profiles,
-    probe_touchpoint,
     ratio,
-    render_table,
     state_size,
     throughput,
 )
+from router.harness.bench.phases import Processes
+from router.harness.bench.report import REQUIRED_KEYS, TARGETS, add_ratios, json_line, render_table
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ Same broker settings as the router's worker (router/worker/app.py): memory store
 fetch wait (`lower_fetch_wait`), at-least-once with a 1 s commit interval, raw key and value
 serializers, and the worker's batch size and wait. Settings come from the same `LEADROUTER_*`
 environment variables. `--mode take` reads with `take_events` like the router's agents;
-`--mode iter` with a plain `async for`. The bench (bench/run.py) counts progress from the
+`--mode iter` with a plain `async for`. The bench (bench/phases.py) counts progress from the
 offsets this consumer group commits, exactly as it does for the router, so both are measured
 the same way.
 """

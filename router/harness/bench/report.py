@@ -1,0 +1,150 @@
+"""The bench's targets, its table for people and its one JSON line for machines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from router.harness.bench.measure import ratio
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    op: str  # ">=" or "<="
+    threshold: float
+    text: str
+
+    def met(self, value: float) -> bool:
+        return value >= self.threshold if self.op == ">=" else value <= self.threshold
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("router_vs_floor", ">=", 0.8, ">= 0.8 x"),
+    Target("two_vs_one_worker", ">=", 1.6, ">= 1.6 x"),
+    Target("sql_p99_ms", "<=", 250.0, "p99 <= 250 ms"),
+    Target("assigned_p99_ms", "<=", 500.0, "p99 <= 500 ms"),
+    Target("state_bytes_per_lead", "<=", 2048.0, "<= 2 KB"),
+    Target("restore_s_per_100k_leads", "<=", 10.0, "<= 10 s"),
+)
+LATENCY_KEYS = tuple(f"{out}_{stat}_ms" for out in ("sql", "assigned")
+                     for stat in ("p50", "p95", "p99", "max"))
+REQUIRED_KEYS: tuple[str, ...] = (
+    "leads", "touchpoints", "reps", "pools", "partitions",
+    "raw_events_per_s", "floor_take_events_per_s", "floor_iter_events_per_s",
+    "floor_events_per_s", "router_1w_events_per_s", "router_2w_events_per_s",
+    "router_vs_floor", "router_vs_raw", "two_vs_one_worker",
+    "latency_offered_per_s", "latency_achieved_per_s", "latency_probes",
+    "sql_received", "assigned_received", *LATENCY_KEYS,
+    "worker_peak_rss_mb", "worker_2w_peak_rss_mb", "state_leads", "changelog_records",
+    "state_bytes", "state_bytes_per_lead", "state_mb_per_100k_leads",
+    "cold_start_seconds", "restore_seconds", "restore_s_per_100k_leads",
+    "wall_seconds",
+)
+
+
+def add_ratios(result: dict[str, Any]) -> dict[str, Any]:
+    """The derived figures: floor = the faster faust variant, and the three ratios."""
+    out = dict(result)
+    out["floor_events_per_s"] = max(out["floor_take_events_per_s"],
+                                    out["floor_iter_events_per_s"])
+    out["router_vs_floor"] = round(ratio(out["router_1w_events_per_s"],
+                                         out["floor_events_per_s"]), 3)
+    out["router_vs_raw"] = round(ratio(out["router_1w_events_per_s"],
+                                       out["raw_events_per_s"]), 3)
+    out["two_vs_one_worker"] = round(ratio(out["router_2w_events_per_s"],
+                                           out["router_1w_events_per_s"]), 3)
+    if "direct_events_per_s" in out:  # the design prototype (router/harness/bench/direct.py)
+        out["direct_vs_floor"] = round(ratio(out["direct_events_per_s"],
+                                             out["floor_events_per_s"]), 3)
+    return out
+
+
+def targets_summary(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t.key: {"target": f"{t.op} {t.threshold:g}", "met": t.met(float(result[t.key]))}
+            for t in TARGETS}
+
+
+def json_line(result: dict[str, Any]) -> str:
+    """One JSON object with every figure (REQUIRED_KEYS) and the target verdicts."""
+    missing = [k for k in REQUIRED_KEYS if k not in result]
+    if missing:
+        raise KeyError(f"bench result lacks {', '.join(missing)}")
+    body = {"bench": "leadrouter", **result, "targets": targets_summary(result)}
+    return orjson.dumps(body).decode()
+
+
+def _verdict(result: dict[str, Any], key: str) -> str:
+    target = next(t for t in TARGETS if t.key == key)
+    return f"{target.text:<15} {'met' if target.met(float(result[key])) else 'MISSED'}"
+
+
+def render_table(result: dict[str, Any]) -> str:
+    """The human table: figures, ratios, and each target with met / MISSED."""
+    r = result
+    rows: list[tuple[str, str, str]] = []
+
+    def rate(label: str, key: str) -> None:
+        rows.append((label, f"{r[key]:>10,.0f} ev/s", ""))
+
+    rate("raw aiokafka consume -> produce", "raw_events_per_s")
+    rate("faust floor, take_events", "floor_take_events_per_s")
+    rate("faust floor, async for", "floor_iter_events_per_s")
+    rate("router, 1 worker", "router_1w_events_per_s")
+    rate("router, 2 workers", "router_2w_events_per_s")
+    rows.append(("router / faust floor", f"{r['router_vs_floor']:>10.2f} x",
+                 _verdict(r, "router_vs_floor")))
+    rows.append(("router / raw", f"{r['router_vs_raw']:>10.2f} x", ""))
+    if "direct_events_per_s" in r:
+        rate("prototype: qualifier on plain aiokafka", "direct_events_per_s")
+        rows.append(("prototype / faust floor", f"{r['direct_vs_floor']:>10.2f} x", ""))
+    rows.append(("2 workers / 1 worker", f"{r['two_vs_one_worker']:>10.2f} x",
+                 _verdict(r, "two_vs_one_worker")))
+    for out, label in (("sql", "lead.sql"), ("assigned", "lead.assigned")):
+        rows.append((
+            f"touchpoint -> {label} p50/p95/p99/max",
+            f"{r[out + '_p50_ms']:.0f}/{r[out + '_p95_ms']:.0f}/{r[out + '_p99_ms']:.0f}"
+            f"/{r[out + '_max_ms']:.0f} ms",
+            _verdict(r, f"{out}_p99_ms"),
+        ))
+    rows.append(("worker peak RSS (1 worker / 2 workers)",
+                 f"{r['worker_peak_rss_mb']:.0f} / {r['worker_2w_peak_rss_mb']:.0f} MB", ""))
+    for phase, label in (("r1", "1 worker"), ("r2", "2 workers")):
+        if f"{phase}_broker_cpu_cores" in r:
+            rows.append((f"CPU in use, {label}: router / broker",
+                         f"{r[phase + '_worker_cpu_cores']:.2f} / "
+                         f"{r[phase + '_broker_cpu_cores']:.2f} cores", ""))
+    rows.append(("state per active lead", f"{r['state_bytes_per_lead']:>10,.0f} B",
+                 _verdict(r, "state_bytes_per_lead")))
+    rows.append(("state per 100k leads", f"{r['state_mb_per_100k_leads']:>10.1f} MB", ""))
+    rows.append(("restore per 100k leads", f"{r['restore_s_per_100k_leads']:>10.1f} s",
+                 _verdict(r, "restore_s_per_100k_leads")))
+    width = max(len(label) for label, _, _ in rows)
+    head = (
+        f"leadrouter bench ({r.get('mode', 'full')}): {r['touchpoints']:,} touchpoints"
+        f" (200-400 B) over {r['leads']:,} leads, {r['reps']} reps in {r['pools']} pools,"
+        f" {r['partitions']} partitions, {r.get('store', 'memory')} store, one broker;"
+        f" {r['wall_seconds']:.0f} s"
+    )
+    lines = [head, f"{'figure':<{width}}  {'measured':>18}  target"]
+    lines += [f"{label:<{width}}  {value:>18}  {verdict}".rstrip()
+              for label, value, verdict in rows]
+    lines.append(
+        f"latency at {r['latency_offered_per_s']:,.0f} touchpoints/s offered (half the 1-worker"
+        f" max; {r['latency_achieved_per_s']:,.0f}/s achieved), {r['latency_probes']:.0f}"
+        f" probes: {r['sql_received']:.0f} lead.sql, {r['assigned_received']:.0f}"
+        " lead.assigned read"
+    )
+    lines.append(
+        f"state: {r['state_leads']:,} leads, {r['changelog_records']:,} changelog records;"
+        f" restore {r['restore_seconds']:.1f} s to /ready (a cold start on empty topics"
+        f" took {r['cold_start_seconds']:.1f} s)"
+    )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The event mix
+# --------------------------------------------------------------------------------------------
