@@ -23,6 +23,7 @@ class Settings:
     topic_prefix: str = ""
     data_dir: str = ".leadrouter"
     store: str = "memory"
+    processing_guarantee: str = "auto"
     input_gaps: str = "refuse"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -52,6 +53,10 @@ class Settings:
             raise ValueError("partitions must be at least 1")
         if self.store not in STORES:
             raise ValueError(f"store must be one of {', '.join(STORES)}, not {self.store!r}")
+        if self.processing_guarantee not in PROCESSING_GUARANTEES:
+            raise ValueError(f"processing_guarantee must be one of"
+                             f" {', '.join(PROCESSING_GUARANTEES)},"
+                             f" not {self.processing_guarantee!r}")
         if self.input_gaps not in ("refuse", "accept"):
             raise ValueError(f"input_gaps must be 'refuse' or 'accept', not {self.input_gaps!r}")
         if self.broker_quirks not in BROKER_QUIRKS:
@@ -113,6 +118,7 @@ class Settings:
 
 
 BROKER_QUIRKS = ("auto", "tansu", "none")
+PROCESSING_GUARANTEES = ("auto", "exactly_once", "at_least_once")
 
 
 HELP: dict[str, str] = {
@@ -122,6 +128,11 @@ HELP: dict[str, str] = {
     "data_dir": "directory for local state (RocksDB files with --store rocksdb)",
     "store": "memory (state rebuilt from the changelogs at start) or rocksdb (kept in"
              " data_dir: a restart replays only the changelog tail)",
+    "processing_guarantee": "auto (exactly_once on Apache Kafka, at_least_once on Tansu, which"
+                            " has no transactions), exactly_once (outputs, state and offsets"
+                            " in one Kafka transaction per partition and batch; downstream"
+                            " readers need isolation.level=read_committed) or at_least_once"
+                            " (deterministic output ids; readers drop repeats)",
     "web_host": "address the HTTP server binds to (/health, /ready)",
     "web_port": "HTTP port of the worker",
     "web_advertised_url": "URL other workers use to reach this one (lead views are answered"

@@ -1,46 +1,42 @@
-"""The faust worker: thin adapters that feed the handlers and publish what they decide.
+"""The worker: the handlers on the partition processor, plus the web server and the timers.
 
-Agents (all at-least-once):
-  qualify   leads.touchpoints + leads.profiles + the internal recycle topic (N partitions,
-            co-partitioned by lead) -> router.service.qualifier
-  activity  sales.activity -> validated onto the routing stream (or the dead-letter topic)
-  route     the internal routing stream (ONE partition: one decider, so round-robin cursors,
-            open-lead counts and queues are exact with any number of workers)
-            -> router.service.routing_stage
-  tick      the group leader's 1 s clock onto the routing stream (queue draining)
+Stages (router.worker.pipeline, one consumer-group member, every input path):
+  leads    partition p of leads.touchpoints + leads.profiles + the recycle topic
+           (-> router.service.qualifier, lead state in the "lead-state" store) and of
+           sales.activity (validated onto the routing stream, or dead-lettered); co-partitioned
+           by lead, so one task, one store, one transaction per partition and batch
+  routing  the internal routing stream (ONE partition: one decider, so round-robin cursors,
+           open-lead counts and queues are exact with any number of workers)
+           -> router.service.routing_stage, state in memory + the "routing-state" changelog
 
-Commit order, per batch taken from a topic:
-  1. decide, in memory (the handlers);
-  2. publish every output (transitions, assignments, dead letters, routing records) and WAIT
-     for the broker's acks;
-  3. only then write the changed state to the table's store and its changelog, on the
-     partition of the input record (never faust's "current event", which in a batch may be
-     another partition's: the take() pitfall), one record batch per partition, and WAIT for
-     those acks too (router.adapters.state_store);
-  4. take_events acks the batch; faust commits offsets only up to acked records.
-A crash before 3 replays the batch against the old state: the same outputs with the same
-deterministic event ids, which consumers drop. A crash after 3 cannot lose outputs, because
-they were acknowledged first. So state never runs ahead of what was published.
+Timers: the routing partition's owner puts a clock tick on the routing stream every second
+(queue draining, SLA clocks), every worker sends decay records for the MQLs of the lead
+partitions it owns, and gauges are refreshed.
+
+Commit order: see router.worker.pipeline.processor (exactly-once: outputs, changelog and
+offsets in one transaction per task and batch; at-least-once: outputs acked, then changelog
+acked, then offsets committed, with deterministic output ids).
+
+No faust here: it remains for the benchmark's floor only (`new_faust_app`). The worker's web
+server is plain aiohttp (faust's was too), and its views read the processor's stores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
-import time
+import signal
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faust
-from faust.types import TP
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router import __version__, metrics
 from router.adapters.compacted_reader import CompactedTopicReader
-from router.adapters.state_store import FaustTableState
-from router.adapters.topics import Topics, compacted_topic_configs
+from router.adapters.topics import Topics
 from router.adapters.wire import REFUSAL_REASONS, decode
 from router.domain.events import (
     NamedAccount,
@@ -51,39 +47,33 @@ from router.domain.events import (
     Stage,
 )
 from router.domain.rules import Rules
-from router.metrics import (
-    ASSIGNED_PARTITIONS,
-    BATCH_EVENTS,
-    BATCH_SECONDS,
-    CONSUMER_LAG,
-    NAMED_ACCOUNTS,
-    READY,
-    REGISTRY,
-)
+from router.metrics import ASSIGNED_PARTITIONS, CONSUMER_LAG, NAMED_ACCOUNTS, READY, REGISTRY
 from router.service.qualifier import Output, Qualifier, Record
 from router.service.routing_stage import RoutingStage, forward_activity, tick
 from router.settings import Settings, bootstrap_servers
-from router.worker.faust_fixes import (
-    check_read_offset_generation,
-    lower_fetch_wait,
-    refuse_input_gaps,
-    trace_commits,
-)
 from router.worker.inspect_views import Inspector, register
-from router.worker.stall_guard import StallGuard
+from router.worker.pipeline.assignor import CoPartitionedAssignor
+from router.worker.pipeline.core import LEADS, ROUTING
+from router.worker.pipeline.processor import PartitionProcessor, TaskResult
+from router.worker.pipeline.processor import Stage as PipelineStage
+from router.worker.pipeline.store import PartitionStore
+
+if TYPE_CHECKING:
+    import faust
 
 log = logging.getLogger(__name__)
-# per-batch offset ranges, rebalances and commits: on (DEBUG) only with LEADROUTER_TRACE=1
-trace = logging.getLogger("router.trace")
-trace.setLevel(logging.DEBUG if os.environ.get("LEADROUTER_TRACE") == "1" else logging.INFO)
 
 STATE_TABLE = "lead-state"
 ROUTING_TABLE = "routing-state"
 PROMETHEUS_MEDIA_TYPE = CONTENT_TYPE_LATEST.split(";")[0]
+CLOCK_SECONDS = 1.0
+GAUGE_SECONDS = 5.0
 
 
 def broker_credentials(settings: Settings) -> Any:
     """The same connection security as kafka_client_kwargs, in faust's terms."""
+    import faust
+
     context = settings.ssl_context()
     if settings.security_protocol.startswith("SASL"):
         return faust.SASLCredentials(
@@ -98,8 +88,10 @@ def broker_credentials(settings: Settings) -> Any:
 
 
 def new_faust_app(s: Settings, app_id: str, *, web_enabled: bool, store: str) -> faust.App:
-    """The faust settings every leadrouter app shares (the benchmark's faust floor too, so
-    the two are compared on equal terms)."""
+    """The faust settings of the benchmark's floor (router.harness.bench.floor): the broker
+    settings the worker used when it ran on faust, so the floor stays comparable."""
+    import faust
+
     return faust.App(
         app_id,
         broker=s.broker,
@@ -125,29 +117,37 @@ def new_faust_app(s: Settings, app_id: str, *, web_enabled: bool, store: str) ->
     )
 
 
+class StageStores:
+    """One stage's stores by partition, as the views and the decay scan read them."""
+
+    def __init__(self, processor: PartitionProcessor, stage: str, table: str) -> None:
+        self.processor = processor
+        self.stage = stage
+        self.name = table
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        store = self.processor.store(self.stage, partition)
+        return store.get(key) if store is not None else None
+
+    def items(self, partition: int) -> list[tuple[bytes, bytes]]:
+        store = self.processor.store(self.stage, partition)
+        return list(store.items()) if store is not None else []
+
+
 class RouterApp:
-    """Builds the faust app and owns the pieces the web views report on."""
+    """Builds the processor and owns the pieces the web views report on."""
 
     def __init__(self, settings: Settings, rules: Rules) -> None:
         self.settings = settings
         self.rules = rules
-        self.topics = Topics.with_prefix(settings.topic_prefix)
-        self.input_topics = [
-            self.topics.touchpoints, self.topics.profiles, self.topics.recycle,
-            self.topics.activity, self.topics.routing,
-        ]
-        self.agent_started = False
-        self._decay_generation: int | None = None  # the rebalance the decay index is from
+        self.topics = topics = Topics.with_prefix(settings.topic_prefix)
+        self.input_topics = [topics.touchpoints, topics.profiles, topics.recycle,
+                             topics.activity, topics.routing]
+        self._decay_generation: int | None = None  # the assignment the decay index is from
         self._decay_indexed: set[int] = set()
-        lower_fetch_wait(settings.fetch_max_wait_ms)
-        check_read_offset_generation()
-        if trace.isEnabledFor(logging.DEBUG):
-            trace_commits(trace)
-        refuse_input_gaps(frozenset(self.input_topics if settings.input_gaps == "refuse"
-                                    else ()), log)
         self.accounts: CompactedTopicReader[NamedAccount] = CompactedTopicReader(
             bootstrap_servers(settings.broker),
-            self.topics.accounts,
+            topics.accounts,
             lambda key, value: decode(NamedAccount, None, value, rules),
             on_change=lambda _k, _v: NAMED_ACCOUNTS.set(len(self.accounts.values)),
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
@@ -155,331 +155,242 @@ class RouterApp:
         )
         self.reps: CompactedTopicReader[Rep] = CompactedTopicReader(
             bootstrap_servers(settings.broker),
-            self.topics.reps,
+            topics.reps,
             lambda key, value: decode(Rep, None, value, rules),
             on_change=lambda rep_id, rep: self.routing.on_roster_change(rep_id, rep),
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             client_kwargs=settings.kafka_client_kwargs(),
         )
         self.qualifier = Qualifier(
-            rules, self.topics, __version__, lambda domain: domain in self.accounts.values
+            rules, topics, __version__, lambda domain: domain in self.accounts.values
         )
         self.routing = RoutingStage(
-            rules, self.topics, __version__, self.reps.values, self.accounts.values
+            rules, topics, __version__, self.reps.values, self.accounts.values
         )
-        self.stall_guard = StallGuard(self.input_topics)
-        self.app = self._build()
+        exactly_once = settings.processing_guarantee == "exactly_once"
+        self.assignor = CoPartitionedAssignor(
+            settings.advertised_url(),
+            [topics.touchpoints, topics.profiles, topics.recycle, topics.activity],
+            topics.routing)
+        self.processor = PartitionProcessor(
+            settings,
+            [PipelineStage(LEADS, (topics.touchpoints, topics.profiles, topics.recycle,
+                                   topics.activity),
+                           f"{settings.app_id}-{STATE_TABLE}-changelog", STATE_TABLE,
+                           self._leads, settings.partitions),
+             PipelineStage(ROUTING, (topics.routing,),
+                           f"{settings.app_id}-{ROUTING_TABLE}-changelog", ROUTING_TABLE,
+                           self._route, 1, forget=lambda _p: self.routing.forget())],
+            exactly_once=exactly_once,
+            # Tansu has no transactions (and no isolation): read what is there
+            read_committed=settings.broker_quirks != "tansu",
+            assignor=self.assignor)
+        self.lead_state = StageStores(self.processor, LEADS, STATE_TABLE)
+        self.routing_state = StageStores(self.processor, ROUTING, ROUTING_TABLE)
+        self.inspector = Inspector(self, self.lead_state, self.routing_state)
         metrics.prime(
-            [self.topics.touchpoints, self.topics.profiles, self.topics.activity],
+            [topics.touchpoints, topics.profiles, topics.activity],
             REFUSAL_REASONS,
             sorted({t.pool for t in rules.routing.territories} | {rules.routing.fallback_pool}),
             [s.value for s in Stage], [p.value for p in QualificationPath],
             [c.value for c in SlaClass], [r.value for r in RejectionReason],
         )
 
-    def _build(self) -> faust.App:
-        s = self.settings
-        app = new_faust_app(s, s.app_id, web_enabled=True,
-                            store="rocksdb://" if s.store == "rocksdb" else "memory://")
-        table = app.Table(
-            STATE_TABLE,
-            default=None,
-            key_type=bytes,  # bytes -> the "raw" codec: we encode state ourselves with orjson
-            value_type=bytes,
-            partitions=s.partitions,
-            extra_topic_configs=compacted_topic_configs(s),
-            help="Per-lead qualification state (router.domain.qualification.LeadState).",
-        )
-        inputs = app.topic(
-            self.topics.touchpoints,
-            self.topics.profiles,
-            self.topics.recycle,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=s.partitions,
-        )
-        batch_size = s.batch_size
-        batch_wait = s.batch_wait_ms / 1000.0
-        qualifier = self.qualifier
-        accounts = self.accounts
+    # ---- the stages' handlers (pure decisions; the processor writes them) --------------------
 
-        routing_table = app.Table(
-            ROUTING_TABLE,
-            default=None,
-            key_type=bytes,
-            value_type=bytes,
-            partitions=1,
-            extra_topic_configs=compacted_topic_configs(s),
-            help="Routing state: holdings, cursors, queues (router.domain.routing).",
-        )
-        # raw bytes in: we decode (and dead-letter) ourselves; faust's own JSON codec would
-        # drop an undecodable record silently and stop the agent
-        routing_topic = app.topic(
-            self.topics.routing, key_type=bytes, value_type=bytes, key_serializer="raw",
-            value_serializer="raw", partitions=1, internal=False,
-        )
-        activity_topic = app.topic(
-            self.topics.activity, key_type=bytes, value_type=bytes, key_serializer="raw",
-            value_serializer="raw", partitions=s.partitions,
-        )
-        lead_state = FaustTableState(table)
-        routing_state = FaustTableState(routing_table)
-        self.table_states = (lead_state, routing_state)
-        routing = self.routing
-        rules = self.rules
-        topics = self.topics
+    def _leads(self, partition: int, records: list[Record], store: PartitionStore,
+               now: datetime) -> TaskResult:
+        activity = self.topics.activity
+        leads = [r for r in records if r.topic != activity]
+        result = TaskResult()
+        if leads:
+            decided = self.qualifier.process(leads, now, store.get)
+            result.outputs = decided.outputs
+            result.writes = [(key, value) for key, (_p, value) in decided.state_writes.items()]
+        if len(leads) != len(records):
+            result.outputs += [forward_activity(r, self.rules, self.topics, now, __version__)
+                               for r in records if r.topic == activity]
+        return result
 
-        async def publish(outputs: list[Output]) -> None:
-            """Hand outputs to the producer and wait for the broker's acks (step 2 above)."""
-            producer = app.producer
-            pending = [
-                await producer.send(
-                    out.topic, out.key, out.value, partition=None, timestamp=None, headers=None
-                )
-                for out in outputs
+    def _route(self, partition: int, records: list[Record], store: PartitionStore,
+               now: datetime) -> TaskResult:
+        decided = self.routing.process(records, now, lambda: dict(store.items()))
+        return TaskResult(decided.outputs, list(decided.state_writes.items()))
+
+    # ---- running -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Until SIGTERM/SIGINT: readers, then the processor, the web server and the timers."""
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        runner = web.AppRunner(self.web_app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, self.settings.web_host, self.settings.web_port).start()
+        readers = [asyncio.create_task(self.accounts.run(), name="accounts"),
+                   asyncio.create_task(self.reps.run(), name="reps")]
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            # decide nothing before the named accounts and the roster are known
+            await _until(stopping, self.accounts.caught_up.wait(), self.reps.caught_up.wait())
+            if stopping.is_set():
+                return
+            await self.processor.start()
+            tasks = [
+                asyncio.create_task(self.processor.run(stopping), name="processor"),
+                asyncio.create_task(_every(CLOCK_SECONDS, stopping, self.clock), name="clock"),
+                asyncio.create_task(_every(CLOCK_SECONDS, stopping, self.decay_tick),
+                                    name="decay"),
+                asyncio.create_task(_every(GAUGE_SECONDS, stopping, self.gauges), name="gauges"),
             ]
-            if pending:
-                await asyncio.gather(*pending)
+            done, _ = await asyncio.wait([*tasks, asyncio.create_task(stopping.wait())],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                if finished in tasks and finished.exception() is not None:
+                    raise finished.exception()  # type: ignore[misc]
+        finally:
+            stopping.set()
+            for t in tasks:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(t, 10)
+            if self.processor.started:
+                await self.processor.stop()
+            self.accounts.stop()
+            self.reps.stop()
+            for r in readers:
+                r.cancel()
+            await self.inspector.close()
+            await runner.cleanup()
 
-        def owned_records(events: Any) -> list[Record]:
-            """Records of partitions this worker still owns. A take() buffer can hold events
-            fetched before a rebalance moved their partition away; processing them here too
-            would write state for a partition another worker now owns ("zombie" changelog
-            writes that a later recovery would replay over newer state). The new owner
-            replays them from the committed offset instead."""
-            owned = app.consumer.assignment()
-            return [
-                Record(e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                       e.message.value)
-                for e in events
-                if e.message.tp in owned
-            ]
-
-        def trace_batch(agent: str, events: Any, records: list[Record]) -> None:
-            """LEADROUTER_TRACE=1: offset ranges per partition of every batch (chaos forensics)."""
-            ranges: dict[str, list[int]] = {}
-            for e in events:
-                m = e.message
-                ranges.setdefault(f"{m.topic}[{m.partition}]", []).append(m.offset)
-            kept = {(r.topic, r.partition, r.offset) for r in records}
-            trace.debug("batch", extra={
-                "agent": agent, "generation": app.consumer_generation_id,
-                "ranges": {k: f"{min(v)}-{max(v)}/{len(v)}" for k, v in sorted(ranges.items())},
-                "dropped": len(events) - len(kept)})
-
-        def still_owned(topic: str, partition: int) -> bool:
-            return TP(topic, partition) in app.consumer.assignment()
-
-        def load_lead(partition_of: dict[bytes | None, int], key: bytes) -> bytes | None:
-            return lead_state.get(partition_of[key], key)
-
-        @app.agent(inputs, name="qualify")
-        async def qualify(stream: Any) -> None:
-            await accounts.caught_up.wait()
-            self.agent_started = True
-            async for events in stream.take_events(batch_size, within=batch_wait):
-                started = time.perf_counter()
-                records = owned_records(events)
-                if trace.isEnabledFor(logging.DEBUG):
-                    trace_batch("qualify", events, records)
-                if not records:
-                    continue
-                # a lead's state lives in its input record's partition (first one wins)
-                partition_of = {r.key: r.partition for r in reversed(records)}
-                result = qualifier.process(records, datetime.now(UTC),
-                                           partial(load_lead, partition_of))
-                await publish(result.outputs)
-                owned = {tp.partition for tp in app.consumer.assignment()
-                         if tp.topic == topics.touchpoints}
-                for key, (partition, value) in result.state_writes.items():
-                    if partition not in owned:
-                        trace.debug("state write skipped (revoked)",
-                                    extra={"partition": partition})
-                        continue  # revoked while publishing: the new owner replays it
-                    lead_state.put(partition, key, value)
-                await lead_state.flush()
-                BATCH_EVENTS.observe(len(records))
-                BATCH_SECONDS.observe(time.perf_counter() - started)
-
-        @app.agent(activity_topic, name="activity")
-        async def activity(stream: Any) -> None:
-            async for events in stream.take_events(batch_size, within=batch_wait):
-                now = datetime.now(UTC)
-                await publish([
-                    forward_activity(r, rules, topics, now, __version__)
-                    for r in owned_records(events)
-                ])
-
-        @app.agent(routing_topic, name="route")
-        async def route(stream: Any) -> None:
-            await accounts.caught_up.wait()
-            await self.reps.caught_up.wait()
-            async for events in stream.take_events(batch_size, within=batch_wait):
-                records = owned_records(events)
-                if not records or (routing.state is None and not still_owned(topics.routing, 0)):
-                    continue
-                result = routing.process(records, datetime.now(UTC),
-                                         lambda: dict(routing_state.items(0)))
-                await publish(result.outputs)
-                if not still_owned(topics.routing, 0):
-                    routing.forget()  # revoked meanwhile: reload if it comes back
-                    continue
-                for key, value in result.state_writes.items():
-                    routing_state.put(0, key, value)
-                await routing_state.flush()
-
-        @app.on_partitions_assigned.connect
-        async def trace_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
-            trace.debug("assigned", extra={
-                "generation": app.consumer_generation_id,
-                "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)})
-
-        @app.on_partitions_revoked.connect
-        async def forget_routing_state(sender: Any, revoked: Any, **kwargs: Any) -> None:
-            trace.debug("revoked", extra={
-                "generation": app.consumer_generation_id,
-                "partitions": sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)})
-            # reloaded from the recovered table when this worker gets the partition again
-            if any(tp.topic == topics.routing for tp in revoked):
-                routing.forget()
-
-        @app.timer(interval=1.0, on_leader=True)
-        async def clock() -> None:
-            await app.producer.send(topics.routing, b"tick", tick(datetime.now(UTC)),
-                                    partition=None, timestamp=None, headers=None)
-
-        @app.timer(interval=1.0)
-        async def decay_mqls() -> None:
-            await self.decay_tick()
-
-        guard = self.stall_guard
-
-        @app.timer(interval=5.0)
-        async def guard_partitions() -> None:
-            guard.check(app)
-            self.report_lag()
-            READY.set(1 if self.readiness()["ready"] else 0)  # for scrapes between probes
-
-        @app.timer(interval=2.0)
-        async def guard_commits() -> None:
-            await guard.check_commits(app)
-
-        @app.task
-        async def load_reps() -> None:
-            await self.reps.run()
-
-        @app.task
-        async def load_accounts() -> None:
-            await accounts.run()
-
-        @app.page("/health")
-        async def health(web: Any, request: Any) -> Any:
-            return web.json({"status": "alive", "version": __version__})
-
-        @app.page("/ready")
-        async def ready(web: Any, request: Any) -> Any:
-            state = self.readiness()
-            READY.set(1 if state["ready"] else 0)
-            return web.json(state, status=200 if state["ready"] else 503)
-
-        register(app, Inspector(self, lead_state, routing_state))
-
-        @app.page("/metrics")
-        async def metrics(web: Any, request: Any) -> Any:
-            # aiohttp wants the charset apart from the media type
-            return web.bytes(generate_latest(REGISTRY), content_type=PROMETHEUS_MEDIA_TYPE)
-
-        return app
+    async def clock(self) -> None:
+        """The routing owner's clock onto the routing stream (was faust's leader timer): in
+        the stream, so ticks are ordered with the SQLs and activity they drain queues for."""
+        if self.processor.owns(ROUTING, 0):
+            await self._send([Output(self.topics.routing, b"tick", tick(datetime.now(UTC)),
+                                     partition=0)])
 
     async def decay_tick(self) -> None:
-        """SPEC §2.2 MQL decay, on this worker's partitions only (every worker runs this timer).
+        """SPEC §2.2 MQL decay, for the lead partitions this worker owns and has restored.
 
-        The deadlines come from the qualifier's index, refilled from the stored states after a
-        rebalance (a partition may have changed hands meanwhile); due leads get a decay record
-        on their own recycle partition, which the qualify agent applies (see
+        The deadlines come from the qualifier's index, refilled from the stored states after
+        an assignment (a partition may have changed hands meanwhile); due leads get a decay
+        record on their own recycle partition, which the leads stage applies (see
         Qualifier.decay_records for why the timer does not write state itself).
         """
-        app, qualifier = self.app, self.qualifier
-        if self.rules.decay_seconds is None or not self.agent_started:
-            return
-        if (not app.tables.recovery.completed.is_set() or getattr(app, "rebalancing", False)
-                or getattr(app, "in_recovery", False)):
+        qualifier, core = self.qualifier, self.processor.core
+        if self.rules.decay_seconds is None or not core.settled:
             return  # states being restored: an index filled now would miss leads
-        owned = {tp.partition for tp in app.consumer.assignment()
-                 if tp.topic == self.topics.touchpoints}
-        generation = app.consumer_generation_id
-        if generation != self._decay_generation:
+        owned = core.active_partitions(LEADS)
+        if core.generation != self._decay_generation:
             qualifier.decay_index.keep_partitions(owned)
             self._decay_indexed = set()
-            self._decay_generation = generation
+            self._decay_generation = core.generation
         for partition in sorted(owned - self._decay_indexed):
-            found = qualifier.index_partition(partition, self.table_states[0].items(partition))
+            found = qualifier.index_partition(partition, self.lead_state.items(partition))
             self._decay_indexed.add(partition)
             log.info("decay index filled", extra={"partition": partition, "mqls": found})
-            await asyncio.sleep(0)  # let the agents run between partitions
+            await asyncio.sleep(0)  # let the processor run between partitions
         records = qualifier.decay_records(datetime.now(UTC), owned)
         if records:
-            pending = [await app.producer.send(r.topic, r.key, r.value, partition=r.partition,
-                                               timestamp=None, headers=None) for r in records]
-            await asyncio.gather(*pending)
+            await self._send(records)
             log.info("decay records sent", extra={"leads": len(records)})
 
-    def report_lag(self) -> None:
-        """Lag per assigned input partition: what a `lag growing` alert watches. Uses the
-        fetch high watermark (right on Tansu too) and faust's last committed offset."""
-        consumer: Any = self.app.consumer
-        try:
-            assigned = consumer.assignment()
-        except Exception:  # not started yet
-            return
-        ASSIGNED_PARTITIONS.set(len(assigned))
-        inputs = set(self.input_topics)
-        CONSUMER_LAG.clear()  # revoked partitions must not keep reporting an old lag
-        for tp in assigned:
-            if tp.topic not in inputs:
-                continue
-            try:
-                highwater = consumer.highwater(tp)
-            except Exception:
-                continue
-            if highwater is None:
-                continue
-            committed = consumer._committed_offset.get(tp) or 0
-            CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - committed))
+    async def _send(self, outputs: list[Output]) -> None:
+        """Timer records, outside any transaction: both are safe to repeat (a tick drains
+        nothing twice, a decay record carries the clock it was decided on)."""
+        producer = self.processor.producer
+        acks = [await producer.send(o.topic, o.value, key=o.key, partition=o.partition)
+                for o in outputs]
+        await asyncio.gather(*acks)
 
-    @property
-    def changelog_records_restored(self) -> dict[str, int]:
-        return {state.table.name: state.restored for state in self.table_states}
+    async def gauges(self) -> None:
+        self.report_lag()
+        READY.set(1 if self.readiness()["ready"] else 0)  # for scrapes between probes
+
+    def report_lag(self) -> None:
+        """Lag per owned input partition: fetch high watermark minus the processed position
+        (what a `lag growing` alert watches)."""
+        consumer = self.processor.consumer
+        positions = self.processor.positions()
+        ASSIGNED_PARTITIONS.set(len(consumer.assignment()))
+        CONSUMER_LAG.clear()  # revoked partitions must not keep reporting an old lag
+        for tp, position in positions.items():
+            with contextlib.suppress(Exception):
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
+                        max(0, highwater - position))
 
     def readiness(self) -> dict[str, Any]:
-        app = self.app
-        recovered = bool(app.tables.recovery.completed.is_set())
-        rebalancing = bool(getattr(app, "rebalancing", False))
+        processor = self.processor
+        core = processor.core
         try:
-            assigned = len(app.consumer.assignment())
+            assigned = len(processor.consumer.assignment()) if processor.started else 0
         except Exception:  # consumer not started yet
             assigned = 0
+        recovered = processor.assigned_once and core.settled
         checks = {
             "partitions_assigned": assigned,
             "state_recovered": recovered,
-            "rebalancing": rebalancing,
+            "rebalancing": core.rebalancing,
             "named_accounts_loaded": self.accounts.caught_up.is_set(),
             "named_accounts": len(self.accounts.values),
             "roster_loaded": self.reps.caught_up.is_set(),
             "reps": len(self.reps.values),
-            "consuming": self.agent_started,
+            "consuming": processor.started,
             "store": self.settings.store,
-            "changelog_records_restored": self.changelog_records_restored,
-            "partitions_unstalled": self.stall_guard.unstalled,
-            "commit_stalls_repaired": self.stall_guard.commit_stalls_repaired,
+            "processing_guarantee": self.settings.processing_guarantee,
+            "changelog_records_restored": dict(processor.restored),
+            "batches_abandoned": dict(processor.aborted),
         }
-        ready = (
-            recovered
-            and not rebalancing
-            and self.accounts.caught_up.is_set()
-            and self.reps.caught_up.is_set()
-            and self.agent_started
-        )
+        ready = (recovered and self.accounts.caught_up.is_set() and self.reps.caught_up.is_set()
+                 and processor.started)
         return {"ready": ready, "rules_version": self.rules.version, **checks}
+
+    # ---- web ---------------------------------------------------------------------------------
+
+    def web_app(self) -> web.Application:
+        app = web.Application()
+
+        async def health(request: web.Request) -> web.Response:
+            return web.json_response({"status": "alive", "version": __version__})
+
+        async def ready(request: web.Request) -> web.Response:
+            state = self.readiness()
+            READY.set(1 if state["ready"] else 0)
+            return web.json_response(state, status=200 if state["ready"] else 503)
+
+        async def metrics_page(request: web.Request) -> web.Response:
+            # aiohttp wants the charset apart from the media type
+            return web.Response(body=generate_latest(REGISTRY),
+                                content_type=PROMETHEUS_MEDIA_TYPE, charset="utf-8")
+
+        app.router.add_get("/health", health)
+        app.router.add_get("/ready", ready)
+        app.router.add_get("/metrics", metrics_page)
+        register(app, self.inspector)
+        return app
+
+
+async def _until(stopping: asyncio.Event, *waits: Awaitable[Any]) -> None:
+    """Wait for all of `waits`, or for `stopping`."""
+    gathered = asyncio.ensure_future(asyncio.gather(*waits))
+    stop = asyncio.create_task(stopping.wait())
+    await asyncio.wait([gathered, stop], return_when=asyncio.FIRST_COMPLETED)
+    for f in (gathered, stop):
+        f.cancel()
+
+
+async def _every(seconds: float, stopping: asyncio.Event,
+                 job: Callable[[], Awaitable[None]]) -> None:
+    """Run `job` every `seconds` until `stopping`; a failing run is logged, not fatal."""
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), seconds)
+        if stopping.is_set():
+            return
+        try:
+            await job()
+        except Exception:
+            log.exception("timer failed", extra={"timer": getattr(job, "__name__", "?")})

@@ -3,26 +3,27 @@
 A lead's qualification state lives on the worker that owns the lead's partition; routing state
 (holder, SLA clock, queues) on the worker that owns the single routing partition. A request to
 any worker fetches each part locally or from its owner's internal endpoint and joins them with
-router.service.inspection. Owners are found through faust's partition assignor, which knows
-every worker's web URL (`LEADROUTER_WEB_HOST`/`PORT`, so workers must reach each other there).
-The views only read; nothing here changes state.
+router.service.inspection. Owners are found through the group's assignor, whose assignment
+carries every owner's web URL (`LEADROUTER_WEB_ADVERTISED_URL`, so workers must reach each
+other there). The views only read; nothing here changes state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
-import faust
+import orjson
+from aiohttp import web
 from aiokafka.partitioner import murmur2
-from faust.types import TP
 
-from router.adapters.state_store import FaustTableState
 from router.domain.qualification import LeadState
 from router.domain.routing import RoutingState
 from router.service.inspection import lead_view, qualification_part, rep_view, routing_part
 from router.service.routing_stage import OFFSET_KEY
+from router.worker.pipeline.core import LEADS, ROUTING
 
 PROXY_TIMEOUT_SECONDS = 3.0
 
@@ -37,48 +38,60 @@ def lead_partition(lead_id: str, partitions: int) -> int:
     return int(murmur2(lead_id.encode()) & 0x7FFFFFFF) % partitions
 
 
+class StateReader(Protocol):
+    """A stage's local state by partition (router.worker.app.StageStores)."""
+
+    name: str
+
+    def get(self, partition: int, key: bytes) -> bytes | None: ...
+
+    def items(self, partition: int) -> list[tuple[bytes, bytes]]: ...
+
+
 class Inspector:
-    def __init__(self, router_app: Any, lead_state: FaustTableState,
-                 routing_state: FaustTableState) -> None:
+    def __init__(self, router_app: Any, lead_state: StateReader,
+                 routing_state: StateReader) -> None:
         self.router_app = router_app
         self.lead_state = lead_state
         self.routing_state = routing_state
+        self._session: aiohttp.ClientSession | None = None
 
     @property
-    def app(self) -> Any:
-        return self.router_app.app
+    def processor(self) -> Any:
+        return self.router_app.processor
 
     # ---- ownership ---------------------------------------------------------------------------
 
     def check_settled(self) -> None:
         """During a rebalance a worker may already own a partition whose state is still being
         restored: it would answer "never seen" for a lead it has. Answer 503 instead."""
-        app = self.app
-        if getattr(app, "rebalancing", False) or not app.tables.recovery.completed.is_set():
+        processor = self.processor
+        if not processor.assigned_once or not processor.core.settled:
             raise NotAvailable("rebalancing or restoring state; try again shortly")
 
-    def _owns(self, topic: str, partition: int) -> bool:
-        try:
-            return TP(topic, partition) in self.app.consumer.assignment()
-        except Exception:  # consumer not started
-            return False
-
-    def _owner_url(self, table: Any, partition: int) -> str:
-        topic = table.changelog_topic.get_topic_name()
-        for host, topics in self.app.assignor.table_metadata(topic).items():
-            if partition in topics.get(topic, ()):
-                return str(host).rstrip("/")
-        raise NotAvailable(f"no worker owns {topic}[{partition}] right now (rebalancing?)")
+    def _owner_url(self, stage: str, partition: int) -> str:
+        assignor = self.router_app.assignor
+        url = assignor.routing_owner if stage == ROUTING else assignor.lead_owners.get(partition)
+        if not url:
+            raise NotAvailable(f"no worker owns {stage} partition {partition} right now"
+                               " (rebalancing?)")
+        return str(url).rstrip("/")
 
     async def _fetch(self, url: str) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
         try:
             timeout = aiohttp.ClientTimeout(total=PROXY_TIMEOUT_SECONDS)
-            async with self.app.http_client.get(url, timeout=timeout) as response:
+            async with self._session.get(url, timeout=timeout) as response:
                 if response.status != 200:
                     raise NotAvailable(f"{url} answered HTTP {response.status}")
                 return await response.json()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise NotAvailable(f"{url} did not answer: {exc!r}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     # ---- the two parts -----------------------------------------------------------------------
 
@@ -100,24 +113,24 @@ class Inspector:
         return RoutingState.load(records)
 
     def owns_lead(self, lead_id: str) -> bool:
-        ra = self.router_app
-        return self._owns(ra.topics.touchpoints, lead_partition(lead_id, ra.settings.partitions))
+        partition = lead_partition(lead_id, self.router_app.settings.partitions)
+        return bool(self.processor.owns(LEADS, partition))
 
     def owns_routing(self) -> bool:
-        return self._owns(self.router_app.topics.routing, 0)
+        return bool(self.processor.owns(ROUTING, 0))
 
     async def qualification(self, lead_id: str) -> dict[str, Any] | None:
         if self.owns_lead(lead_id):
             return self.local_qualification(lead_id)
         partition = lead_partition(lead_id, self.router_app.settings.partitions)
-        url = self._owner_url(self.lead_state.table, partition)
+        url = self._owner_url(LEADS, partition)
         body = await self._fetch(f"{url}/internal/leads/{lead_id}/qualification")
         return body["qualification"]  # type: ignore[no-any-return]
 
     async def routing(self, lead_id: str) -> dict[str, Any] | None:
         if self.owns_routing():
             return routing_part(lead_id, self.local_routing_state())
-        url = self._owner_url(self.routing_state.table, 0)
+        url = self._owner_url(ROUTING, 0)
         body = await self._fetch(f"{url}/internal/leads/{lead_id}/routing")
         return body["routing"]  # type: ignore[no-any-return]
 
@@ -130,46 +143,55 @@ class Inspector:
         if self.owns_routing():
             return rep_view(self.router_app.reps.values, self.local_routing_state(),
                             datetime.now(UTC))
-        url = self._owner_url(self.routing_state.table, 0)
+        url = self._owner_url(ROUTING, 0)
         return await self._fetch(f"{url}/reps")  # type: ignore[no-any-return]
 
 
-def register(app: faust.App, inspector: Inspector) -> None:
-    """Add the inspection pages to the faust web server."""
+def _json(body: Any, status: int = 200) -> web.Response:
+    """orjson, as faust's web server used: datetimes and the like encode the same way."""
+    return web.Response(body=orjson.dumps(body), status=status,
+                        content_type="application/json")
 
-    def unavailable(web: Any, exc: NotAvailable) -> Any:
-        return web.json({"error": str(exc)}, status=503)
 
-    @app.page("/leads/{lead_id}")
-    async def lead(web: Any, request: Any, lead_id: str) -> Any:
+def register(app: web.Application, inspector: Inspector) -> None:
+    """Add the inspection pages to the worker's web server."""
+
+    def unavailable(exc: NotAvailable) -> web.Response:
+        return _json({"error": str(exc)}, status=503)
+
+    async def lead(request: web.Request) -> web.Response:
         try:
-            return web.json(await inspector.lead(lead_id))
+            return _json(await inspector.lead(request.match_info["lead_id"]))
         except NotAvailable as exc:
-            return unavailable(web, exc)
+            return unavailable(exc)
 
-    @app.page("/reps")
-    async def reps(web: Any, request: Any) -> Any:
+    async def reps(request: web.Request) -> web.Response:
         try:
-            return web.json(await inspector.reps())
+            return _json(await inspector.reps())
         except NotAvailable as exc:
-            return unavailable(web, exc)
+            return unavailable(exc)
 
-    def internal(web: Any, owned: bool, what: str, answer: Any) -> Any:
+    def internal(owned: bool, what: str, answer: Callable[[], Any]) -> web.Response:
         """An owner's part, or 503 (the caller retries) while settling or after a move."""
         try:
             inspector.check_settled()
         except NotAvailable as exc:
-            return unavailable(web, exc)
+            return unavailable(exc)
         if not owned:
-            return web.json({"error": f"{what} partition not owned here"}, status=503)
-        return web.json(answer())
+            return _json({"error": f"{what} partition not owned here"}, status=503)
+        return _json(answer())
 
-    @app.page("/internal/leads/{lead_id}/qualification")
-    async def lead_qualification(web: Any, request: Any, lead_id: str) -> Any:
-        return internal(web, inspector.owns_lead(lead_id), "lead", lambda: {
+    async def lead_qualification(request: web.Request) -> web.Response:
+        lead_id = request.match_info["lead_id"]
+        return internal(inspector.owns_lead(lead_id), "lead", lambda: {
             "qualification": inspector.local_qualification(lead_id)})
 
-    @app.page("/internal/leads/{lead_id}/routing")
-    async def lead_routing(web: Any, request: Any, lead_id: str) -> Any:
-        return internal(web, inspector.owns_routing(), "routing", lambda: {
+    async def lead_routing(request: web.Request) -> web.Response:
+        lead_id = request.match_info["lead_id"]
+        return internal(inspector.owns_routing(), "routing", lambda: {
             "routing": routing_part(lead_id, inspector.local_routing_state())})
+
+    app.router.add_get("/leads/{lead_id}", lead)
+    app.router.add_get("/reps", reps)
+    app.router.add_get("/internal/leads/{lead_id}/qualification", lead_qualification)
+    app.router.add_get("/internal/leads/{lead_id}/routing", lead_routing)

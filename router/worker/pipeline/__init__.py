@@ -1,0 +1,14 @@
+"""The partition processor: the worker's consumer for every input path, on plain aiokafka.
+
+It replaces faust's consumer, whose fetch/ack/commit bookkeeping lost records after crashes and
+rebalances (issue 12). The invariant it keeps by construction: the only offsets ever committed
+are those of batches whose outputs and state were written first (or in the same transaction),
+and a task that is not fully initialised processes nothing, so a record fetched once is either
+processed or fetched again from the committed position.
+
+  core.py       pure bookkeeping: tasks (stage, partition), phases, epochs, resume positions,
+                the co-partitioned assignment plan (unit-tested without Kafka)
+  store.py      a task's local state (memory dict or RocksDB) and its changelog meta keys
+  assignor.py   aiokafka assignor: co-partitioned, sticky, owners' web URLs for the views
+  processor.py  the runtime: consumer loop, rebalance listener, restore, transactions
+"""

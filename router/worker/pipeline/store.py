@@ -1,0 +1,159 @@
+"""A task's local state: a memory dict, or a RocksDB database under data_dir
+(`LEADROUTER_STORE=rocksdb`), always with a compacted changelog topic as the source of truth.
+
+Meta keys start with 0xFF, a byte that never occurs in UTF-8, so no lead id or routing key can
+collide with them (keys of state are lead ids, always valid UTF-8):
+  INPUT_OFFSETS  written to the changelog in every batch, in the same transaction as the
+                 state and the committed offsets: where the task resumes (core.resume_positions)
+  CHANGELOG_AT   RocksDB only, never in the changelog: the last changelog offset applied, so a
+                 restart on the same data dir replays only the changelog after it
+
+State is written only after the batch is committed (processor.py): a store never holds a write
+whose transaction could still abort.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+META = b"\xff"
+INPUT_OFFSETS = META + b"input-offsets"
+CHANGELOG_AT = META + b"changelog-offset"
+
+
+def encode_offsets(offsets: Mapping[str, int]) -> bytes:
+    return orjson.dumps(dict(offsets))
+
+
+def decode_offsets(raw: bytes | None) -> dict[str, int]:
+    if raw is None:
+        return {}
+    value = orjson.loads(raw)
+    return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+class PartitionStore(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def write(self, writes: Iterable[tuple[bytes, bytes | None]],
+              changelog_offset: int | None) -> None: ...
+
+    @property
+    def changelog_offset(self) -> int | None: ...
+
+    @property
+    def input_offsets(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """A dict; restored from the whole changelog on every assignment."""
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, bytes] = {}
+        self._inputs: bytes | None = None
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._data.get(key)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        yield from list(self._data.items())  # a copy: callers may await between items
+
+    def write(self, writes: Iterable[tuple[bytes, bytes | None]],
+              changelog_offset: int | None) -> None:
+        data = self._data
+        for key, value in writes:
+            if key == INPUT_OFFSETS:
+                self._inputs = value
+            elif value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+
+    @property
+    def changelog_offset(self) -> int | None:
+        return None  # nothing survives the process: replay everything
+
+    @property
+    def input_offsets(self) -> dict[str, int]:
+        return decode_offsets(self._inputs)
+
+    def close(self) -> None:
+        self._data = {}
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class RocksStore:
+    """One RocksDB database per task; the state and CHANGELOG_AT go in one atomic write."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = self._open()
+
+    def _open(self) -> Any:
+        from rocksdict import Options, Rdict  # imported here: the memory store needs none
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return Rdict(str(self.path), Options(raw_mode=True))
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self._db.items():
+            if key.startswith(META):
+                return  # 0xFF sorts last: only meta keys are left
+            yield key, value
+
+    def write(self, writes: Iterable[tuple[bytes, bytes | None]],
+              changelog_offset: int | None) -> None:
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch(raw_mode=True)
+        for key, value in writes:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        if changelog_offset is not None:
+            batch.put(CHANGELOG_AT, str(changelog_offset).encode())
+        self._db.write(batch)
+
+    @property
+    def changelog_offset(self) -> int | None:
+        raw = self._db.get(CHANGELOG_AT)
+        return int(raw) if raw is not None else None
+
+    @property
+    def input_offsets(self) -> dict[str, int]:
+        return decode_offsets(self._db.get(INPUT_OFFSETS))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def wipe(self) -> None:
+        """The changelog is behind what this directory says it applied (topic recreated):
+        start this task's state from nothing."""
+        self._db.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._db = self._open()
+
+
+def open_store(kind: str, data_dir: str, app_id: str, task: str) -> MemoryStore | RocksStore:
+    if kind == "rocksdb":
+        return RocksStore(Path(data_dir) / app_id / "state" / f"{task}.rocksdb")
+    return MemoryStore()
