@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from router.harness.brokers import KafkaBroker, TansuBroker, free_port, local_broker
+from router.harness.brokers.common import die_with_parent
 
 
 @dataclass
@@ -53,6 +54,7 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         return self
 

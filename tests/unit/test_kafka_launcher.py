@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from router.harness.brokers import BrokerError, KafkaBroker, kafka_jars, local_broker
+from router.harness.brokers.common import die_with_parent
 from router.harness.brokers.kafka import min_heap
 
 
@@ -116,3 +117,14 @@ def test_unknown_local_broker_kind(monkeypatch: pytest.MonkeyPatch) -> None:
                                             ("1024", "512")])
 def test_min_heap_is_half_the_max(heap: str, half: str) -> None:
     assert min_heap(heap) == half
+
+
+def test_children_die_with_their_parent_only_from_the_main_thread() -> None:
+    import threading
+
+    assert die_with_parent() is not None
+    seen: list[object] = []
+    thread = threading.Thread(target=lambda: seen.append(die_with_parent()))
+    thread.start()
+    thread.join()
+    assert seen == [None]

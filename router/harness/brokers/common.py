@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
+import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -78,3 +82,21 @@ def _read_exactly(s: socket.socket, n: int) -> bytes:
             raise OSError("connection closed")
         chunks.extend(chunk)
     return bytes(chunks)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """The `preexec_fn` for a process a launcher starts: on Linux the child gets SIGTERM when
+    its parent dies (even by SIGKILL), so a crashed test run or demo leaves no broker or worker
+    behind. Only from the main thread: Linux ties the signal to the thread that forked, and a
+    pool thread that ends would take a healthy child with it."""
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return None
+    return _set_parent_death_signal
+
+
+def _set_parent_death_signal() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)

@@ -22,6 +22,7 @@ from pathlib import Path
 from router.harness.brokers.common import (
     BrokerError,
     answers_api_versions,
+    die_with_parent,
     free_port,
 )
 from router.harness.brokers.kafka_jars import KAFKA_VERSION, jar_dir, logging_backend
@@ -295,6 +296,7 @@ class KafkaBroker:
                 self._java(node, "kafka.Kafka", str(node.config_path)),
                 stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the JVMs in order
+                preexec_fn=die_with_parent(),
             )
 
     def wait_ready(self, nodes: list[KafkaNode], timeout: float) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from importlib import util as importlib_util
 from pathlib import Path
 
-from router.harness.brokers.common import BrokerError, free_port, wait_for_port
+from router.harness.brokers.common import BrokerError, die_with_parent, free_port, wait_for_port
 
 
 def tansu_binary() -> Path:
@@ -96,6 +96,7 @@ class TansuBroker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C in the terminal goes to us, and we stop it
+                preexec_fn=die_with_parent(),
             )
         except OSError as exc:
             raise BrokerError(f"cannot start {binary}: {exc}") from None
