@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from router.adapters.wire import Refused, decode
-from router.domain.events import NamedAccount, Rep, SalesActivity
+from router.domain.events import NamedAccount, Rep, SalesActivity, format_rfc3339
 from router.domain.routing import (
     CLOSING_ACTIVITY,
     Decision,
@@ -143,10 +143,12 @@ def _rep_updates(records: Sequence[HistoryRecord], rules: Rules
     return out
 
 
-def simulate_routing(sqls: Sequence[Decided], rep_updates: Sequence[tuple[float, str, Rep | None]],
+def simulate_routing(sqls: Sequence[tuple[float, Decided]],
+                     rep_updates: Sequence[tuple[float, str, Rep | None]],
                      accounts: Mapping[str, NamedAccount], rules: Rules, sales: SalesHistory,
                      default_hold: float | None, end: float) -> RoutingOutcome:
-    """Route every SQL in time order; free each slot when the history says sales let go."""
+    """Route every SQL (with the time the router would have seen it) in time order; free each
+    slot when the history says sales let go."""
     out = RoutingOutcome()
     state = RoutingState()
     roster: dict[str, Rep] = {}
@@ -201,13 +203,13 @@ def simulate_routing(sqls: Sequence[Decided], rep_updates: Sequence[tuple[float,
             now = datetime.fromtimestamp(when, UTC)
             taken(drain_queues(roster, accounts, state, rules, now), when)
 
-    for d in sqls:
+    for ts, d in sqls:
         assert d.request is not None
-        release_until(d.occurred_at)
-        advance_roster(d.occurred_at)
-        now = datetime.fromtimestamp(d.occurred_at, UTC)
-        taken(drain_queues(roster, accounts, state, rules, now), d.occurred_at)
-        taken(route(d.request, roster, accounts, state, rules, now), d.occurred_at)
+        release_until(ts)
+        advance_roster(ts)
+        now = datetime.fromtimestamp(ts, UTC)
+        # as in the router, queues drain when a slot frees (above), not on every new SQL
+        taken(route(d.request, roster, accounts, state, rules, now), ts)
     release_until(end)
     out.still_queued = sum(len(q) for q in state.queues.values())
     return out
@@ -297,8 +299,9 @@ def simulate(history: History, baseline: Rules, candidate: Rules, rng: TimeRange
     sales = SalesHistory.from_records(history.topic(ACTIVITY), baseline)
     rep_updates = _rep_updates(history.topic(REPS), baseline)
     roster = latest_state(history.topic(REPS), Rep, baseline)
-    end = rng.end if rng.end is not None else max(
-        (r.timestamp for rs in history.records.values() for r in rs), default=time.time())
+    # without an end, every release in the history counts (an activity's own time may be a
+    # moment after its record's)
+    end = rng.end if rng.end is not None else float("inf")
 
     def counted(d: Decided) -> bool:
         return rng.start is None or d.occurred_at >= rng.start
@@ -315,10 +318,13 @@ def simulate(history: History, baseline: Rules, candidate: Rules, rng: TimeRange
             if close is not None:
                 holds.append(close - d.occurred_at)
     default_hold = statistics.median(holds) if holds else None
+    arrival = _arrivals(history, {d.triggered_by for d in result.decisions
+                                  if d.type == "lead.sql"})
     sides = []
     for i, rules in enumerate((baseline, candidate)):
-        sqls = sorted((d for d in by_side[i] if d.type == "lead.sql"),
-                      key=lambda d: (d.occurred_at, d.lead_id))
+        sqls = sorted(((max(d.occurred_at, arrival.get(d.triggered_by, 0.0)), d)
+                       for d in by_side[i] if d.type == "lead.sql"),
+                      key=lambda x: (x[0], x[1].lead_id))
         routing = simulate_routing(sqls, rep_updates, accounts, rules, sales, default_hold, end)
         sides.append(side_summary(rules, by_side[i], routing, roster, result.refused[i]))
     best_b, best_c = result.best
@@ -363,6 +369,28 @@ def simulate(history: History, baseline: Rules, candidate: Rules, rng: TimeRange
     }
     return Simulation(baseline, candidate, rng, result, seconds, workers, history.source,
                       summary)
+
+
+def _arrivals(history: History, triggers: set[str]) -> dict[str, float]:
+    """When each SQL's trigger reached the broker: the router routes an SQL when it reads the
+    record, which for late or back-dated data is after the event time."""
+    out: dict[str, float] = {}
+    for r in history.topic(TOUCHPOINTS):
+        try:
+            ident = orjson.loads(r.value or b"null").get("event_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if ident in triggers:
+            out.setdefault(ident, r.timestamp)
+    for r in history.topic(PROFILES):
+        try:
+            raw = orjson.loads(r.value or b"null")
+            ident = f"profile@{format_rfc3339(datetime.fromisoformat(raw['updated_at']))}"
+        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+            continue
+        if ident in triggers:
+            out.setdefault(ident, r.timestamp)
+    return out
 
 
 def _iso(ts: float | None) -> str | None:
