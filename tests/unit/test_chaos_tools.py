@@ -108,6 +108,23 @@ def test_traces_find_the_records_no_batch_reached() -> None:
     assert _offsets([3, 4, 5, 9, 11, 12]) == "3-5,9,11-12"
 
 
+def test_traces_keep_the_guards_words_and_the_commits_around_a_lost_record() -> None:
+    traces = Traces()
+    for offset in (20, 44, 79):
+        traces.add_line(orjson.dumps({"logger": "router.trace", "msg": "commit", "ok": True,
+                                      "generation": 5, "offsets": {"r[0]": offset}}).decode(),
+                        "worker-1.log")
+    traces.add_line(orjson.dumps({"ts": "2026-12-01T22:50:11.561+00:00", "level": "warning",
+                                  "logger": "router.worker", "msg": "fetch skipped records",
+                                  "partition": "r[0]", "expected": 21, "got": 49}).decode(),
+                    "worker-1.log")
+    assert traces.status("r[0]", 46, traced=False).endswith(
+        "committed over (to 79, worker-1.log, generation 5; the commit before was 44,"
+        " worker-1.log, generation 5)")
+    assert traces.guards["r[0]"] == [("22:50:11.561", "worker-1.log",
+                                      "fetch skipped records (expected 21, got 49)")]
+
+
 # -- the verifier's lost-output report ---------------------------------------------------------
 
 T0 = 1_800_000_000.0

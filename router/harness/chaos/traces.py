@@ -10,7 +10,9 @@ With `--trace` the workers run with LEADROUTER_TRACE=1 and JSON logs. Two trace 
 
 A batch line says the records first..last of a partition were handed to the agent ("reached");
 `dropped` > 0 means some of the batch belonged to revoked partitions and was not processed, and
-the line does not say which: such ranges count as "reached, maybe dropped". Only the qualify
+the line does not say which: such ranges count as "reached, maybe dropped". The guards'
+warnings and errors that name a partition ("fetch skipped records ...", "partition stopped
+committing ...") are printed for the lost leads' partitions. Only the qualify
 agent traces its batches, so for the routing topic the reader can only say whether a commit went
 past the record. A record that reached the agent can still have been lost later (a crash before
 its outputs); one that never reached it was skipped by the consumer.
@@ -50,16 +52,28 @@ class Traces:
     ranges: dict[str, list[TracedRange]] = field(default_factory=lambda: defaultdict(list))
     commits: dict[str, list[tuple[int, str, int | None]]] = field(
         default_factory=lambda: defaultdict(list))
+    # the worker's guards on a partition: "fetch skipped records ...", "partition stopped
+    # committing ..." (warnings and errors naming a `partition`), as (time, log, text)
+    guards: dict[str, list[tuple[str, str, str]]] = field(
+        default_factory=lambda: defaultdict(list))
     batches: int = 0
 
     def add_line(self, line: str, source: str) -> None:
-        if '"router.trace"' not in line:
+        if '"router.trace"' not in line and '"partition"' not in line:
             return
         try:
             entry: Any = orjson.loads(line)
         except orjson.JSONDecodeError:
             return
-        if not isinstance(entry, dict) or entry.get("logger") != "router.trace":
+        if not isinstance(entry, dict):
+            return
+        if entry.get("level") in ("warning", "error") and isinstance(entry.get("partition"), str):
+            detail = ", ".join(f"{k} {v}" for k, v in entry.items()
+                               if k not in ("ts", "level", "logger", "msg", "partition"))
+            self.guards[entry["partition"]].append(
+                (str(entry.get("ts", ""))[11:23], source, f"{entry.get('msg')} ({detail})"))
+            return
+        if entry.get("logger") != "router.trace":
             return
         generation = entry.get("generation")
         if entry.get("msg") == "batch" and isinstance(entry.get("ranges"), dict):
@@ -85,11 +99,17 @@ class Traces:
             return f"reached the agent ({r.source}, generation {r.generation})"
         if hits:
             return "reached the agent only in batches that dropped revoked records"
-        over = [c for c in self.commits.get(tp, []) if c[0] > offset]
+        commits = self.commits.get(tp, [])
+        over = [c for c in commits if c[0] > offset]
+        below = [c for c in commits if c[0] <= offset]
         committed = ""
         if over:
             c = min(over)
-            committed = f"; committed over (to {c[0]}, {c[1]}, generation {c[2]})"
+            committed = f"; committed over (to {c[0]}, {c[1]}, generation {c[2]}"
+            if below:
+                b = max(below)
+                committed += f"; the commit before was {b[0]}, {b[1]}, generation {b[2]}"
+            committed += ")"
         if traced:
             return "NEVER reached the agent" + committed
         return "not traced (no batch trace for this partition)" + committed
@@ -153,11 +173,16 @@ async def explain_losses(report: Report, run: ChaosRun, bootstrap: str) -> str:
     by_key: dict[str, list[HistoryRecord]] = defaultdict(list)
     for r in records:
         by_key[(r.key or b"").decode("utf-8", "replace")].append(r)
+    lost_tps: set[str] = set()
     for lead, entries in report.lost_by_lead().items():
         lines.append(f"  {lead} lost " + "; ".join(e.expected for e in entries) + ":")
         for r in sorted(by_key.get(lead, []), key=lambda r: (r.topic, r.partition, r.offset)):
             status = traces.status(_tp(r), r.offset, traced=r.topic != topics.routing)
             lines.append(f"    {_tp(r)}@{r.offset}: {status}")
+            lost_tps.add(_tp(r))
+    for tp in sorted(lost_tps):  # what the worker's guards said on the lost leads' partitions
+        for at, source, text in traces.guards.get(tp, []):
+            lines.append(f"  guard on {tp} at {at} ({source}): {text}")
     return "\n".join(lines)
 
 
