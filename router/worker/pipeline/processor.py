@@ -378,6 +378,11 @@ class PartitionProcessor:
             count += len(records)
             offsets = next_offsets(batch)
             result = self.stages[task_id.stage].handle(task_id.partition, records, store, now)
+            if trace.isEnabledFor(logging.DEBUG):  # LEADROUTER_TRACE=1 (chaos forensics)
+                trace.debug("batch", extra={
+                    "agent": task_id.stage, "generation": self.core.generation, "dropped": 0,
+                    "ranges": {_name(tp): f"{rs[0].offset}-{rs[-1].offset}/{len(rs)}"
+                               for tp, rs in batch}})
             task = self.core.tasks[task_id]
             inputs = {tp.topic: o for tp, o in {**task.positions, **offsets}.items()}
             result.writes.append((INPUT_OFFSETS, encode_offsets(inputs)))
@@ -386,10 +391,6 @@ class PartitionProcessor:
             await asyncio.gather(*(self._transact(*d) for d in decided))
         else:
             await self._at_least_once(decided)
-        if trace.isEnabledFor(logging.DEBUG):
-            trace.debug("batch", extra={"ranges": {
-                f"{tp.topic}[{tp.partition}]": f"{rs[0].offset}-{rs[-1].offset}"
-                for _e, b in by_task.values() for tp, rs in b}})
         BATCH_EVENTS.observe(count)
         BATCH_SECONDS.observe(time.perf_counter() - started)
 
@@ -426,6 +427,7 @@ class PartitionProcessor:
         # 6. only now the local store: an aborted transaction must leave no trace in it
         if self.core.processed(task_id, epoch, offsets):
             self.stores[task_id].write(result.writes, last)
+        _trace_commit(self.core.generation, offsets)
 
     async def _at_least_once(
         self, decided: list[tuple[TaskId, int, dict[TopicPartition, int], TaskResult]]
@@ -451,6 +453,7 @@ class PartitionProcessor:
                 committed.update(offsets)
         try:
             await self.consumer.commit(committed)  # 4. then the offsets
+            _trace_commit(self.core.generation, committed)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # the changelog carries the offsets too: a new owner resumes after this batch
             log.warning("offset commit failed (rebalance?); the changelog has them",
@@ -509,6 +512,16 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.processor.on_assigned(assigned)
+
+
+def _name(tp: TopicPartition) -> str:
+    return f"{tp.topic}[{tp.partition}]"
+
+
+def _trace_commit(generation: int, offsets: dict[TopicPartition, int]) -> None:
+    if trace.isEnabledFor(logging.DEBUG):
+        trace.debug("commit", extra={"ok": True, "generation": generation,
+                                     "offsets": {_name(tp): o for tp, o in offsets.items()}})
 
 
 async def _send_changelog(producer: AIOKafkaProducer, topic: str, partition: int,
