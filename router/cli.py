@@ -12,7 +12,7 @@ from router import __version__
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from router.harness.brokers import BrokerError, describe, local_broker
+    from router.harness.brokers import BrokerError, KafkaBroker, describe, local_broker
 
     stopping = False
 
@@ -29,6 +29,8 @@ def _cmd_broker(args: argparse.Namespace) -> int:
         broker = local_broker(args.kind, port=args.port, nodes=args.nodes,
                               data_dir=Path(args.data_dir) if args.data_dir else None,
                               host=args.host)
+        if isinstance(broker, KafkaBroker):
+            broker.plan()  # ports and folders first, so the line below can name them
         print(f"starting the {describe(broker)} ...", flush=True)
         broker.start()
     except BrokerError as exc:

@@ -27,7 +27,7 @@ def kafka_only(broker: LocalBroker) -> None:
         pytest.skip("Apache Kafka launcher tests (LEADROUTER_LOCAL_BROKER=tansu)")
 
 
-def start_cli(*args: str) -> tuple[subprocess.Popen[str], str]:
+def start_cli(*args: str) -> tuple[subprocess.Popen[str], str, str]:
     proc = subprocess.Popen([sys.executable, "-m", "router", "broker", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -40,7 +40,7 @@ def start_cli(*args: str) -> tuple[subprocess.Popen[str], str]:
         lines.append(line)
         match = re.search(r"listening on (kafka://\S+)", line)
         if match:
-            return proc, match.group(1).removeprefix("kafka://")
+            return proc, match.group(1).removeprefix("kafka://"), "".join(lines)
     proc.kill()
     raise AssertionError("broker did not start:\n" + "".join(lines))
 
@@ -90,7 +90,7 @@ async def test_broker_command_keeps_topics_offsets_and_groups_in_its_data_dir(
 ) -> None:
     port = free_port()
     data = tmp_path / "kafka-data"
-    proc, bootstrap = start_cli("--port", str(port), "--data-dir", str(data))
+    proc, bootstrap, _ = start_cli("--port", str(port), "--data-dir", str(data))
     assert bootstrap == f"127.0.0.1:{port}"
     try:
         await write_and_commit(bootstrap, "durable.topic")
@@ -98,7 +98,7 @@ async def test_broker_command_keeps_topics_offsets_and_groups_in_its_data_dir(
         out = stop_cli(proc)
     assert "broker stopped" in out and (data / "node-1" / "data" / "meta.properties").is_file()
 
-    proc, bootstrap = start_cli("--port", str(port), "--data-dir", str(data))
+    proc, bootstrap, _ = start_cli("--port", str(port), "--data-dir", str(data))
     try:
         end, committed = await read_back(bootstrap, "durable.topic")
     finally:
@@ -107,13 +107,14 @@ async def test_broker_command_keeps_topics_offsets_and_groups_in_its_data_dir(
 
 
 async def test_broker_command_without_a_data_dir_removes_what_it_made() -> None:
-    before = {p.name for p in Path(tempfile.gettempdir()).glob("leadrouter-kafka-*")}
-    proc, _bootstrap = start_cli("--port", str(free_port()))
-    made = {p.name for p in Path(tempfile.gettempdir()).glob("leadrouter-kafka-*")} - before
-    assert len(made) == 1
+    proc, _bootstrap, started = start_cli("--port", str(free_port()))
+    match = re.search(r"temporary data in (\S+?)\)", started)
+    assert match, started
+    made = Path(match.group(1))
+    assert made.is_dir() and made.parent == Path(tempfile.gettempdir())
     out = stop_cli(proc)
     assert "temporary data removed" in out
-    assert not (Path(tempfile.gettempdir()) / made.pop()).exists()
+    assert not made.exists()
 
 
 def test_broker_command_names_what_is_missing_without_java(tmp_path: Path) -> None:

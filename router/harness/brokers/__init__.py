@@ -56,6 +56,11 @@ def describe(broker: KafkaBroker | TansuBroker) -> str:
     """One phrase for a person: which broker, how many nodes, where its data lives."""
     if isinstance(broker, TansuBroker):
         return "Tansu broker (pip-only fallback, in memory: a restart loses everything)"
-    where = f"data in {broker.data_dir}" if broker.data_dir else "temporary data"
+    if broker.data_dir:
+        where = f"data in {broker.data_dir}"
+    elif broker.members:
+        where = f"temporary data in {broker.members[0].root.parent}"
+    else:
+        where = "temporary data"
     nodes = f"{broker.nodes} nodes" if broker.nodes > 1 else "1 node"
     return f"Apache Kafka {broker.version} broker (KRaft, {nodes}, {where})"
