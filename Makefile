@@ -1,12 +1,16 @@
-# Two commands for a fresh machine with Python 3.11: `make demo` and `make test`.
-# Both create .venv when needed and install the pinned dependencies; both are safe to re-run.
+# Two commands for a fresh machine with Python 3.11, Java 17+ and Maven: `make demo` and
+# `make test`. Both create .venv when needed and install the pinned dependencies; both are safe
+# to re-run. Every target that starts a broker starts Apache Kafka (KRaft, pinned jars resolved
+# into ~/.cache/leadrouter on first use); LEADROUTER_LOCAL_BROKER=tansu chooses the pip-only
+# fallback instead (e.g. `LEADROUTER_LOCAL_BROKER=tansu make bench`).
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit integration schemas bench bench-latency bench-sla chaos chaos-short clean
+.PHONY: demo test lint typecheck unit integration schemas broker bench bench-latency bench-sla \
+	chaos chaos-short kill-loop clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "leadrouter needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
@@ -24,8 +28,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Test files run on 4 processes (each with its own embedded broker): the integration tests
-# mostly wait on brokers and workers, so this cuts the wall time from ~9.5 to ~3.5 minutes.
+# Test files run on 4 processes, each with its own Apache Kafka broker (started once per
+# process): the integration tests mostly wait on brokers and workers. A small Tansu smoke set
+# (test_tansu_smoke.py, test_tansu_quirks.py, the broker audit) starts Tansu beside it.
 # PYTEST_ARGS="-n 0" runs them one after another.
 PYTEST_ARGS ?= -n 4 --dist loadfile
 
@@ -38,6 +43,9 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
 
+broker: $(STAMP)
+	$(BIN)/leadrouter broker $(BROKER_ARGS)
+
 schemas: $(STAMP)
 	$(BIN)/leadrouter schemas export --out schemas
 
@@ -47,8 +55,14 @@ bench: $(STAMP)
 bench-latency: $(STAMP)
 	$(BIN)/leadrouter bench-latency $(BENCH_ARGS)
 
+# Three Apache Kafka nodes (replication 3, min.insync.replicas 2), worker and broker faults.
 chaos: $(STAMP)
-	$(BIN)/leadrouter chaos
+	$(BIN)/leadrouter chaos $(CHAOS_ARGS)
+
+# Issue 12's kill loop: SIGKILLs of each worker in turn under traffic, repeated; prints the
+# loss rate. KILL_LOOP_ARGS="--repeat 10 --kind tansu" for the fallback broker.
+kill-loop: $(STAMP)
+	$(BIN)/leadrouter chaos --kill-loop --repeat 10 $(KILL_LOOP_ARGS)
 
 chaos-short: $(STAMP)
 	$(BIN)/python -m pytest -q -s tests/integration/test_chaos_short.py
@@ -56,5 +70,6 @@ chaos-short: $(STAMP)
 bench-sla: $(STAMP)
 	$(BIN)/leadrouter bench-sla $(BENCH_ARGS)
 
+# The Kafka jars stay in ~/.cache/leadrouter (outside the repo): `rm -rf` that to re-resolve.
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .leadrouter
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .leadrouter .artifacts
