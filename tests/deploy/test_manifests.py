@@ -874,3 +874,27 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump(rules), encoding="utf-8")
     run_promtool("check", "rules", str(path), cwd=tmp_path)
+
+
+def test_compose_runs_the_kafka_version_and_broker_settings_the_tests_run_on() -> None:
+    """deploy/ and the suite prove things on the same broker: same version, and the broker
+    settings the worker's topic handling relies on."""
+    from router.harness.brokers.kafka import KafkaBroker
+    from router.harness.brokers.kafka_jars import KAFKA_VERSION
+
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    env = {k: str(v) for k, v in kafka["environment"].items()}
+    launcher = KafkaBroker(data_dir=ROOT / ".leadrouter" / "unused").plan()
+    node = launcher.members[0]
+    node.root.mkdir(parents=True, exist_ok=True)
+    try:
+        launcher._write_config(node, f"1@127.0.0.1:{node.controller_port}")
+        tested = dict(line.split("=", 1) for line in node.config_path.read_text().splitlines())
+    finally:
+        shutil.rmtree(ROOT / ".leadrouter" / "unused", ignore_errors=True)
+    for key in ("auto.create.topics.enable", "group.initial.rebalance.delay.ms",
+                "process.roles"):
+        compose_key = "KAFKA_" + key.upper().replace(".", "_")
+        assert env[compose_key] == tested[key], key
