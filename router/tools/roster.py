@@ -346,6 +346,20 @@ EXPORT_HEADER = """\
 """
 
 
+class _ExportDumper(yaml.SafeDumper):
+    """PyYAML writes NEL (U+0085) raw when allow_unicode is on, and reads it back as a line
+    break: a name containing one would not survive export and apply (hypothesis found it).
+    Strings with a YAML line-break character are written double-quoted, where it is escaped."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if any(c in value for c in "\x85\u2028\u2029") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ExportDumper.add_representer(str, _represent_str)
+
+
 def to_yaml(roster: Roster | CurrentRoster) -> str:
     """The roster as a file `apply` accepts; defaults left out, so it reads like a hand-
     written one. Invalid records on the topics are left out too (the worker ignores them)."""
@@ -354,8 +368,8 @@ def to_yaml(roster: Roster | CurrentRoster) -> str:
                 for _, v in sorted((values or {}).items()) if not isinstance(v, Invalid)]
 
     data = {REPS: dump(roster.reps), ACCOUNTS: dump(roster.accounts)}
-    return EXPORT_HEADER + yaml.safe_dump(data, sort_keys=False, allow_unicode=True,
-                                          default_flow_style=None, width=100)
+    return EXPORT_HEADER + yaml.dump(data, Dumper=_ExportDumper, sort_keys=False,
+                                     allow_unicode=True, default_flow_style=None, width=100)
 
 
 # --------------------------------------------------------------------------------------------

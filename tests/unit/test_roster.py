@@ -213,3 +213,14 @@ def test_any_valid_roster_survives_export_and_parse(raw: list[dict[str, Any]]) -
     """YAML's traps (NO, 17:00, 1e3, a leading dash) must not change a value on the way."""
     roster = Roster(reps={r["rep_id"]: Rep.model_validate(r) for r in raw}, accounts={})
     assert parse_roster(to_yaml(roster), "export.yaml") == roster
+
+
+def test_a_name_with_a_yaml_line_break_character_survives_export() -> None:
+    """Found by the round-trip property: PyYAML wrote NEL raw and read it back as a space."""
+    from router.tools.roster import to_yaml
+
+    names = ["0\x850", "a\u2028b", "c\u2029d", "Zoë Ärger"]
+    raw = [{"rep_id": f"R-{i}", "name": name} for i, name in enumerate(names)]
+    roster = parse_roster(yaml.safe_dump({"reps": raw}, allow_unicode=False), "r.yaml")
+    back = parse_roster(to_yaml(roster), "export.yaml")
+    assert [back.reps[f"R-{i}"].name for i in range(len(names))] == names
