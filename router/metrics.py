@@ -111,11 +111,6 @@ RECYCLED = Counter(
     ["because"],
     registry=REGISTRY,
 )
-PARTITIONS_UNSTALLED = Counter(
-    "leadrouter_partitions_unstalled_total",
-    "Assigned partitions faust had silently stopped fetching, put back by the stall guard.",
-    registry=REGISTRY,
-)
 CONSUMER_LAG = Gauge(
     "leadrouter_consumer_lag_records",
     "Records on an assigned input partition not yet committed by this worker"
@@ -131,23 +126,15 @@ ASSIGNED_PARTITIONS = Gauge(
 # process_* (resident memory, CPU seconds, open fds, start time) for the same registry
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
-STALE_READ_OFFSETS_IGNORED = Counter(
-    "leadrouter_stale_read_offsets_ignored_total",
-    "Read offsets of records fetched before a rebalance that faust would have kept (and so"
-    " skipped re-fetched records); ignored by router.worker.faust_fixes.",
+BATCHES_ABANDONED = Counter(
+    "leadrouter_batches_abandoned_total",
+    "Batches not committed and processed again (router.worker.pipeline.processor), by reason:"
+    " aborted (transaction aborted), fenced (another worker owns the partition now),"
+    " commit_unknown (outcome unknown: state restored again), send_failed (at-least-once).",
+    ["reason"],
     registry=REGISTRY,
 )
-INPUT_GAPS_REFUSED = Counter(
-    "leadrouter_input_gaps_refused_total",
-    "Jumps in an input partition's fetched offsets that were not committed over"
-    " (router.worker.faust_fixes); the stall guard fetches the skipped records again.",
-    registry=REGISTRY,
-)
-COMMIT_STALLS_REPAIRED = Counter(
-    "leadrouter_commit_stalls_repaired_total",
-    "Partitions whose committed offset stopped behind unprocessed records, sought back to it.",
-    registry=REGISTRY,
-)
+ABANDON_REASONS = ("aborted", "fenced", "commit_unknown", "send_failed")
 CHANGELOG_RESTORED = Counter(
     "leadrouter_changelog_records_restored_total",
     "Changelog records replayed into local state at start or after a rebalance, by table.",
@@ -174,3 +161,5 @@ def prime(input_topics: list[str], refusal_reasons: tuple[str, ...], pools: list
                 SLA_OUTCOMES.labels(kind, sla_class, pool)
     for reason in rejection_reasons:
         REJECTIONS.labels(reason)
+    for reason in ABANDON_REASONS:
+        BATCHES_ABANDONED.labels(reason)

@@ -24,7 +24,6 @@ class Settings:
     data_dir: str = ".leadrouter"
     store: str = "memory"
     processing_guarantee: str = "auto"
-    input_gaps: str = "refuse"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     web_advertised_url: str = ""
@@ -57,8 +56,6 @@ class Settings:
             raise ValueError(f"processing_guarantee must be one of"
                              f" {', '.join(PROCESSING_GUARANTEES)},"
                              f" not {self.processing_guarantee!r}")
-        if self.input_gaps not in ("refuse", "accept"):
-            raise ValueError(f"input_gaps must be 'refuse' or 'accept', not {self.input_gaps!r}")
         if self.broker_quirks not in BROKER_QUIRKS:
             raise ValueError(f"broker_quirks must be one of {', '.join(BROKER_QUIRKS)},"
                              f" not {self.broker_quirks!r}")
@@ -138,8 +135,6 @@ HELP: dict[str, str] = {
     "web_advertised_url": "URL other workers use to reach this one (lead views are answered"
                           " by the owner); default http://<web host or, when binding all"
                           " interfaces, this host's name>:<web port>",
-    "input_gaps": "refuse (a jump in an input partition's offsets is fetched again, never"
-                  " committed over) or accept (inputs written with Kafka transactions)",
     "partitions": "partitions for topics the router creates",
     "replication_factor": "replication factor for topics the router creates",
     "broker_quirks": "auto (recognise the broker at start and switch on its workarounds),"

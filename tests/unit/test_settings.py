@@ -10,10 +10,12 @@ from pathlib import Path
 import faust
 import pytest
 
+from router.adapters.broker_kind import WrongBroker
 from router.cli import build_parser
 from router.domain.rules import load_rules
 from router.settings import Settings, add_arguments, bootstrap_servers, from_args, from_env
 from router.worker.app import RouterApp, broker_credentials
+from router.worker.run import processing_guarantee
 
 
 def parse(argv: list[str], env: dict[str, str]) -> Settings:
@@ -71,7 +73,7 @@ def test_sasl_scram_over_tls_reaches_every_client(tmp_path: Path) -> None:
     router = RouterApp(s, load_rules())
     assert router.accounts.client_kwargs["sasl_plain_username"] == "router"
     assert router.reps.client_kwargs["security_protocol"] == "SASL_SSL"
-    assert router.app.conf.broker_credentials is not None
+    assert router.processor.client["sasl_plain_username"] == "router"  # consumer, producers
 
 
 def test_plaintext_by_default() -> None:
@@ -99,3 +101,21 @@ def test_advertised_url_for_the_lead_views() -> None:
     explicit = Settings(web_host="0.0.0.0",
                         web_advertised_url="http://leadrouter-0.leadrouter-headless:6066/")
     assert explicit.advertised_url() == "http://leadrouter-0.leadrouter-headless:6066"
+
+
+@pytest.mark.parametrize(("asked", "quirks", "resolved"), [
+    ("auto", "", "exactly_once"),  # Apache Kafka has transactions
+    ("at_least_once", "", "at_least_once"),
+    ("exactly_once", "", "exactly_once"),
+    ("auto", "tansu", "at_least_once"),  # Tansu has none
+    ("at_least_once", "tansu", "at_least_once"),
+])
+def test_processing_guarantee_follows_the_broker(asked: str, quirks: str, resolved: str) -> None:
+    assert processing_guarantee(Settings(processing_guarantee=asked), quirks) == resolved
+
+
+def test_exactly_once_on_tansu_is_refused_with_what_to_do() -> None:
+    with pytest.raises(WrongBroker, match="no transactions; unset it"):
+        processing_guarantee(Settings(processing_guarantee="exactly_once"), "tansu")
+    with pytest.raises(ValueError, match="processing_guarantee must be one of"):
+        Settings(processing_guarantee="exactly-once")

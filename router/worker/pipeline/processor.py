@@ -57,7 +57,7 @@ from aiokafka.errors import (
 from aiokafka.structs import TopicPartition
 
 from router.adapters.topics import compacted_topic_configs
-from router.metrics import BATCH_EVENTS, BATCH_SECONDS, CHANGELOG_RESTORED
+from router.metrics import BATCH_EVENTS, BATCH_SECONDS, BATCHES_ABANDONED, CHANGELOG_RESTORED
 from router.service.qualifier import Output, Record
 from router.settings import Settings, bootstrap_servers
 from router.worker.pipeline.assignor import CoPartitionedAssignor
@@ -462,6 +462,7 @@ class PartitionProcessor:
     def _rewind(self, task_id: TaskId, epoch: int, reason: str, exc: BaseException) -> None:
         """Nothing of the batch was written: process it again from the task's positions."""
         self.aborted[reason] += 1
+        BATCHES_ABANDONED.labels(reason).inc()
         log.warning("batch not committed; processing it again", extra={
             "task": str(task_id), "reason": reason, "error": repr(exc)})
         task = self.core.tasks.get(task_id)
@@ -475,6 +476,7 @@ class PartitionProcessor:
     async def _abandon(self, task_id: TaskId, epoch: int, reason: str, exc: BaseException,
                        wait_for_rebalance: bool = False) -> None:
         self.aborted[reason] += 1
+        BATCHES_ABANDONED.labels(reason).inc()
         log.warning("batch abandoned; the task's state is dropped and restored again",
                     extra={"task": str(task_id), "reason": reason, "error": repr(exc)})
         task = self.core.tasks.get(task_id)
