@@ -152,9 +152,11 @@ async def kill_loop_run(broker: Broker, workdir: Path, seed: int, *, kills: int,
             w.stop()
 
 
-def replay_command(seed: int, kills: int, gap_s: float, traffic_s: float, kind: str) -> str:
+def replay_command(seed: int, kills: int, gap_s: float, traffic_s: float, kind: str,
+                   trace: bool = False, worker_src: Path | None = None) -> str:
     return (f"leadrouter chaos --kill-loop --seed {seed} --kills {kills} --gap {gap_s:g}"
-            f" --traffic-seconds {traffic_s:g} --kind {kind}")
+            f" --traffic-seconds {traffic_s:g} --kind {kind}" + (" --trace" if trace else "")
+            + (f" --worker-src {worker_src}" if worker_src else ""))
 
 
 async def run_kill_loop(*, repeat: int, seed: int, kills: int, gap_s: float, traffic_s: float,
@@ -208,8 +210,8 @@ def main(*, repeat: int, seed: int | None, kills: int, gap_s: float, traffic_s: 
     print(summary.render())
     for o in outcomes:
         if o.lost or o.violations:
-            print(f"  replay seed {o.seed}: {replay_command(o.seed, kills, gap_s, traffic_s, kind)}"
-                  f"  (logs {o.workdir})")
+            command = replay_command(o.seed, kills, gap_s, traffic_s, kind, trace, worker_src)
+            print(f"  replay seed {o.seed}: {command}  (logs {o.workdir})")
     print(orjson.dumps({"kill_loop": {
         "kind": kind, "seeds": [o.seed for o in outcomes], "kills": kills, "gap_s": gap_s,
         "traffic_s": traffic_s, "runs": summary.runs, "lossy_runs": summary.lossy_runs,

@@ -202,7 +202,8 @@ def main(full: bool, rate: float, kind: str | None = None, trace: bool = False,
     report, run = asyncio.run(run_chaos(full, workdir, rate, kind, trace=trace, strict=strict,
                                         worker_src=worker_src))
     print(report.render())
-    print(f"events sent: {run.sent}; longest gap between outputs:"
+    print(f"events sent: {run.sent} ({run.send_failures} given up by the producer during"
+          f" broker faults: not inputs); longest gap between outputs:"
           f" {longest_stall(run.output_times):.1f} s; verifier settled after"
           f" {run.settled_after_s:.0f} s")
     for f in run.faults:
@@ -212,7 +213,8 @@ def main(full: bool, rate: float, kind: str | None = None, trace: bool = False,
     if run.forensics:
         print(run.forensics)
     print(orjson.dumps({"chaos": {
-        "full": full, "sent": run.sent, "violations": len(report.violations),
+        "full": full, "sent": run.sent, "send_failures": run.send_failures,
+        "violations": len(report.violations),
         "lost": len(report.lost), "repeats_dropped": dict(report.repeats),
         "longest_stall_s": round(longest_stall(run.output_times), 1),
         "verify_settled_after_s": run.settled_after_s,

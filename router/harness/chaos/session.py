@@ -58,6 +58,7 @@ class ChaosRun:
     prefix: str = field(default_factory=lambda: f"chaos{uuid.uuid4().hex[:6]}.")
     faults: list[FaultResult] = field(default_factory=list)
     sent: int = 0
+    send_failures: int = 0  # traffic the producer gave up on (a broker fault): never an input
     output_times: list[float] = field(default_factory=list)
     probes: dict[str, FaultResult] = field(default_factory=dict)
     seen_ids: set[str] = field(default_factory=set)
@@ -116,7 +117,7 @@ async def lag(bootstrap: str, group: str, topics: list[str]) -> int:
         committed = await admin.list_consumer_group_offsets(group, partitions=tps)
     finally:
         await admin.close()
-    ends = await fetch_end_offsets([bootstrap], tps)
+    ends = await fetch_end_offsets(bootstrap.split(","), tps)
     total = 0
     for tp, end in ends.items():
         meta = committed.get(tp)
@@ -212,18 +213,24 @@ async def traffic(run: ChaosRun, broker: Broker, stop: asyncio.Event) -> None:
         for key, value in generator.reps(datetime.now(UTC)):
             await producer.send_and_wait(topics.reps, value, key=key)
 
+        def count_failure(sent: asyncio.Future[Any]) -> None:
+            if not sent.cancelled() and sent.exception() is not None:
+                run.send_failures += 1
+
         async def respond(delay: float, key: bytes, activity: dict[str, Any]) -> None:
             await asyncio.sleep(delay)
             if not stop.is_set():
                 activity["occurred_at"] = datetime.now(UTC).isoformat()
-                await producer.send(topics.activity, orjson.dumps(activity), key=key)
+                sent = await producer.send(topics.activity, orjson.dumps(activity), key=key)
+                sent.add_done_callback(count_failure)
 
         async def produce() -> None:
             next_at = time.monotonic()
             while not stop.is_set():
                 for kind, key, value in generator.next_events(datetime.now(UTC)):
                     topic = topics.touchpoints if kind == "touchpoint" else topics.profiles
-                    await producer.send(topic, value, key=key)
+                    sent = await producer.send(topic, value, key=key)
+                    sent.add_done_callback(count_failure)
                     run.sent += 1
                 next_at += 1.0 / run.rate
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))

@@ -156,7 +156,7 @@ async def explain_losses(report: Report, run: ChaosRun, bootstrap: str) -> str:
     names = [topics.touchpoints, topics.profiles, topics.routing]
     records: list[HistoryRecord] = []
     for name in names:
-        records += await read_topic([bootstrap], name)
+        records += await read_topic(bootstrap.split(","), name)
     lines = [f"trace forensics ({traces.batches} traced batches in {run.workdir}):"]
     if not traces.batches:
         lines.append("  no batch traces in the worker logs: nothing to say per record")
