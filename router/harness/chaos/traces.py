@@ -12,10 +12,11 @@ A batch line says the records first..last of a partition were handed to the agen
 `dropped` > 0 means some of the batch belonged to revoked partitions and was not processed, and
 the line does not say which: such ranges count as "reached, maybe dropped". The guards'
 warnings and errors that name a partition ("fetch skipped records ...", "partition stopped
-committing ...") are printed for the lost leads' partitions. Only the qualify
-agent traces its batches, so for the routing topic the reader can only say whether a commit went
-past the record. A record that reached the agent can still have been lost later (a crash before
-its outputs); one that never reached it was skipped by the consumer.
+committing ...") are printed for the lost leads' partitions. The faust worker traced only its
+qualify agent, so for its routing topic the reader can only say whether a commit went past the
+record; the partition processor (router/worker/pipeline) traces every stage. A record that
+reached the agent can still have been lost later (a crash before its outputs); one that never
+reached it was skipped by the consumer.
 """
 
 from __future__ import annotations
@@ -161,13 +162,15 @@ async def explain_losses(report: Report, run: ChaosRun, bootstrap: str) -> str:
     if not traces.batches:
         lines.append("  no batch traces in the worker logs: nothing to say per record")
         return "\n".join(lines)
-    qualify_inputs = [(_tp(r), r.offset) for r in records if r.topic != topics.routing]
+    routing_traced = any(tp.startswith(topics.routing + "[") for tp in traces.ranges)
+    qualify_inputs = [(_tp(r), r.offset) for r in records
+                      if r.topic != topics.routing or routing_traced]
     unreached = traces.unreached(qualify_inputs)
     run.unreached = len(unreached)
     per_tp: dict[str, list[int]] = defaultdict(list)
     for tp, offset in unreached:
         per_tp[tp].append(offset)
-    lines.append(f"  input records that never reached the qualify agent: {len(unreached)} of"
+    lines.append(f"  input records that never reached a traced stage: {len(unreached)} of"
                  f" {len(qualify_inputs)}"
                  + "".join(f"; {tp} @{_offsets(o)}" for tp, o in sorted(per_tp.items())))
     by_key: dict[str, list[HistoryRecord]] = defaultdict(list)
@@ -177,7 +180,8 @@ async def explain_losses(report: Report, run: ChaosRun, bootstrap: str) -> str:
     for lead, entries in report.lost_by_lead().items():
         lines.append(f"  {lead} lost " + "; ".join(e.expected for e in entries) + ":")
         for r in sorted(by_key.get(lead, []), key=lambda r: (r.topic, r.partition, r.offset)):
-            status = traces.status(_tp(r), r.offset, traced=r.topic != topics.routing)
+            status = traces.status(_tp(r), r.offset,
+                                   traced=r.topic != topics.routing or routing_traced)
             lines.append(f"    {_tp(r)}@{r.offset}: {status}")
             lost_tps.add(_tp(r))
     for tp in sorted(lost_tps):  # what the worker's guards said on the lost leads' partitions
