@@ -98,7 +98,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from router.harness.demo import run_demo
 
     return run_demo(duration=args.duration, rate=args.rate, leads=args.leads,
-                    web_port=args.web_port, seed=args.seed, kind=args.kind)
+                    web_port=args.web_port, seed=args.seed, kind=args.kind,
+                    broker_url=args.broker)
 
 
 def _cmd_bench_latency(args: argparse.Namespace) -> int:
@@ -268,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--kind", choices=("kafka", "tansu"), default=None,
                    help="the local broker (default: LEADROUTER_LOCAL_BROKER, else kafka)")
+    p.add_argument("--broker", default=None, metavar="URL",
+                   help="use this running broker (kafka://host:port) instead of starting one;"
+                        " it is left running, with its topics, at the end")
     p.set_defaults(func=_cmd_demo)
 
     lead = sub.add_parser("lead", help="inspect one lead").add_subparsers(

@@ -1,6 +1,11 @@
 """`leadrouter demo`: a local broker (Apache Kafka by default) + one worker + synthetic traffic,
 shown live.
 
+`--broker URL` runs the same worker and traffic against a broker that is already running and
+leaves it running (the topics stay for `leadrouter report`, `simulate` and a hand check); the
+worker then keeps its state in a fresh temporary folder, since a folder restored from another
+broker's changelog would not match this one.
+
 Prints a small panel every two seconds: events sent, leads by stage, SQLs by path, dead
 letters, and the latest SQLs with why they qualified. Stops on Ctrl-C or after --duration.
 """
@@ -9,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import Counter, deque
 from datetime import UTC, datetime
@@ -26,7 +33,7 @@ from router.harness.brokers import BrokerError, KafkaBroker, TansuBroker, descri
 from router.harness.traffic import TrafficGenerator
 from router.harness.workers import WorkerProcess
 from router.logs import mask_name
-from router.settings import Settings
+from router.settings import Settings, bootstrap_servers
 from router.tools.roster import apply_roster, load_roster
 
 PANEL_SECONDS = 2.0
@@ -159,18 +166,19 @@ class Dashboard:
         return "\n".join(lines)
 
 
-async def _run(broker: KafkaBroker | TansuBroker, duration: float | None, rate: float, leads: int,
+async def _run(broker_url: str, duration: float | None, rate: float, leads: int,
                seed: int, stop: asyncio.Event) -> int:
+    bootstrap = bootstrap_servers(broker_url)
     topics = Topics.with_prefix("")
     traffic = TrafficGenerator(leads=leads, seed=seed)
     board = Dashboard()
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     consumer = AIOKafkaConsumer(
         topics.transitions,
         topics.assignments,
         topics.sla,
         topics.deadletter,
-        bootstrap_servers=broker.bootstrap,
+        bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=100,
     )
@@ -179,7 +187,7 @@ async def _run(broker: KafkaBroker | TansuBroker, duration: float | None, rate: 
     started = time.monotonic()
     try:
         # the roster as code, through the same module as `leadrouter roster apply`
-        await apply_roster(Settings(broker=broker.url), load_roster(DEMO_ROSTER), dry_run=False)
+        await apply_roster(Settings(broker=broker_url), load_roster(DEMO_ROSTER), dry_run=False)
         responses: set[asyncio.Task[None]] = set()
 
         async def respond_later(delay: float, key: bytes, activity: dict[str, Any]) -> None:
@@ -238,22 +246,30 @@ async def _run(broker: KafkaBroker | TansuBroker, duration: float | None, rate: 
 
 
 def run_demo(duration: float | None, rate: float, leads: int, web_port: int, seed: int,
-             kind: str | None = None) -> int:
+             kind: str | None = None, broker_url: str | None = None) -> int:
     workdir = Path(".leadrouter")
     workdir.mkdir(exist_ok=True)
-    try:
-        broker = local_broker(kind, log_path=workdir / "demo-broker.log")
-        print(f"starting the local {describe(broker)} ...", flush=True)
-        broker.start()
-    except BrokerError as exc:
-        print(f"leadrouter demo: {exc}", file=sys.stderr)
-        return 2
-    print(f"{describe(broker)} on {broker.url}", flush=True)
+    broker: KafkaBroker | TansuBroker | None = None
+    data_dir = workdir / "data"
+    if broker_url is None:
+        try:
+            broker = local_broker(kind, log_path=workdir / "demo-broker.log")
+            print(f"starting the local {describe(broker)} ...", flush=True)
+            broker.start()
+        except BrokerError as exc:
+            print(f"leadrouter demo: {exc}", file=sys.stderr)
+            return 2
+        broker_url = broker.url
+        print(f"{describe(broker)} on {broker_url}", flush=True)
+    else:
+        data_dir = Path(tempfile.mkdtemp(prefix="demo-data-", dir=workdir))
+        print(f"using the running broker {broker_url} (left running at the end)", flush=True)
+    url = broker_url
     worker = WorkerProcess(
-        broker.url,
+        url,
         workdir / "demo-worker.log",
         web_port=web_port,
-        env={"LEADROUTER_DATA_DIR": str(workdir / "data"),
+        env={"LEADROUTER_DATA_DIR": str(data_dir),
              "LEADROUTER_RULES": str(resources.files("router") / "harness/demo_rules.yaml")},
     )
     try:
@@ -276,7 +292,7 @@ def run_demo(duration: float | None, rate: float, leads: int, web_port: int, see
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            return await _run(broker, duration, rate, leads, seed, stop)
+            return await _run(url, duration, rate, leads, seed, stop)
 
         code = asyncio.run(main())
         if code != 0:
@@ -287,6 +303,10 @@ def run_demo(duration: float | None, rate: float, leads: int, web_port: int, see
         print(worker.log_tail(), file=sys.stderr)
         return 1
     finally:
-        print("stopping worker and broker ...", flush=True)
+        print("stopping worker" + (" and broker" if broker is not None else "") + " ...",
+              flush=True)
         worker.stop()
-        broker.stop()
+        if broker is not None:
+            broker.stop()
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
