@@ -54,7 +54,7 @@ from router.domain.qualification import (
     record_touchpoint,
 )
 from router.domain.routing import RouteRequest
-from router.domain.rules import Rules
+from router.domain.rules import SENIORITY_RANK, Rules
 from router.service.qualifier import route_request
 from router.tools.history import ACTIVITY, PROFILES, TOUCHPOINTS, HistoryRecord
 
@@ -209,7 +209,23 @@ _CRITERIA = ("fit", "abm", "mql_authority", "sql_authority", "mql_engagement", "
              "mql_intent", "sql_intent", "talk_to_sales")
 
 
-def _criterion_detail(name: str, a: Assessment) -> str:
+def _authority_rule(name: str, rules: Rules) -> str:
+    """What the rules ask of a lead's seniority and buying role, in their own words."""
+    if name == "mql_authority":
+        mql = rules.authority.mql
+        return (f"{mql.min_seniority.value} or above, or "
+                + " or ".join(sorted(r.value for r in mql.buying_roles)))
+    sql = rules.authority.sql
+    ranked = sorted(sql.seniorities, key=SENIORITY_RANK.__getitem__)
+    wants = []
+    if ranked:
+        wants.append("seniority " + ", ".join(s.value for s in ranked))
+    if sql.buying_roles:
+        wants.append("role " + ", ".join(sorted(r.value for r in sql.buying_roles)))
+    return " or ".join(wants) or "nothing"
+
+
+def _criterion_detail(name: str, a: Assessment, rules: Rules | None = None) -> str:
     d = a.detail
     if name == "fit":
         return "; ".join(d["fit"]["missing"]) or (
@@ -217,7 +233,10 @@ def _criterion_detail(name: str, a: Assessment) -> str:
     if name == "abm":
         return f"named account {d['fit']['named_account']}" if a.abm else "no named account"
     if name.endswith("authority"):
-        return f"{d['authority']['seniority']}/{d['authority']['buying_role']}"
+        # the lead's seniority and role are the same under both rule sets: what differs is
+        # what the rules ask for, so say it (without it the reader sees "x; baseline: x")
+        who = f"{d['authority']['seniority']}/{d['authority']['buying_role']}"
+        return who if rules is None else f"{who}, needs {_authority_rule(name, rules)}"
     if name.endswith("engagement"):
         e = d["engagement"]
         need = e["mql_required"] if name.startswith("mql") else e["sql_required"]
@@ -229,15 +248,18 @@ def _criterion_detail(name: str, a: Assessment) -> str:
             f" views within {i['pair_window_days']} days")
 
 
-def explain(baseline: Assessment, candidate: Assessment) -> list[str]:
-    """Which criteria the candidate now passes or fails, with the numbers behind them."""
+def explain(baseline: Assessment, candidate: Assessment,
+            rules: tuple[Rules, Rules] | None = None) -> list[str]:
+    """Which criteria the candidate now passes or fails, with the numbers behind them (and,
+    given the two rule sets, what each asks for where the lead's own data is the same)."""
+    b_rules, c_rules = rules if rules is not None else (None, None)
     out = []
     for name in _CRITERIA:
         before, after = getattr(baseline, name), getattr(candidate, name)
         if before != after:
             verb = "now passes" if after else "now fails"
-            out.append(f"{name} {verb} ({_criterion_detail(name, candidate)};"
-                       f" baseline: {_criterion_detail(name, baseline)})")
+            out.append(f"{name} {verb} ({_criterion_detail(name, candidate, c_rules)};"
+                       f" baseline: {_criterion_detail(name, baseline, b_rules)})")
     return out
 
 
@@ -322,7 +344,7 @@ class Replayer:
             return ["the lead's inputs were refused under one of the rule sets"]
         ab = assess(a, self.contexts[0].rules, self.contexts[0].is_named_account)
         cb = assess(b, self.contexts[1].rules, self.contexts[1].is_named_account)
-        why = explain(ab, cb)
+        why = explain(ab, cb, (self.contexts[0].rules, self.contexts[1].rules))
         if not why:  # same criteria, different stage: the path or a window made the difference
             lower, assessment = (b, cb) if self.result.best[1].get(lead, 0) < \
                 self.result.best[0].get(lead, 0) else (a, ab)
@@ -371,6 +393,7 @@ class _Job:
     count_from: float | None
     future_check: bool
     shares: int
+    skip: frozenset[tuple[str, int, int]] = frozenset()
 
 
 _JOB: _Job | None = None  # set before forking: children read it without pickling the history
@@ -390,7 +413,7 @@ def _run_share(index: int) -> ReplayResult:
         if job.shares > 1 else iter(job.records)
     refused = [Counter[str]() for _ in job.rule_sets]
     events = decode_records(mine, job.rule_sets, future_check=job.future_check,
-                            refused=refused)
+                            skip=job.skip, refused=refused)
     accounts = job.accounts
     result = replay_events(events, job.rule_sets, accounts.__contains__, job.count_from,
                            tick=_tick)
@@ -405,8 +428,12 @@ def default_workers() -> int:
 def replay(records: Sequence[HistoryRecord], rule_sets: Sequence[Rules],
            accounts: Iterable[str], *, count_from: float | None = None,
            future_check: bool = True, workers: int = 1, progress: bool = False,
-           parallel_from: int = 20_000) -> ReplayResult:
+           parallel_from: int = 20_000,
+           skip: frozenset[tuple[str, int, int]] = frozenset()) -> ReplayResult:
     """Replay `records` (touchpoints, profiles, activity) under each rule set.
+
+    `skip` names records (topic, partition, offset) the router refused after decoding them,
+    which a replay cannot see by itself (sales activity from a rep who did not hold the lead).
 
     With `workers` > 1 the leads are split across that many forked processes. `progress`
     shows a bar on stderr (tqdm) counting the events applied. Fewer than `parallel_from`
@@ -414,7 +441,7 @@ def replay(records: Sequence[HistoryRecord], rule_sets: Sequence[Rules],
     """
     global _JOB, _COUNTER
     job = _Job(records, rule_sets, frozenset(a.lower() for a in accounts), count_from,
-               future_check, max(1, workers))
+               future_check, max(1, workers), skip)
     total = sum(1 for r in records if r.topic in (TOUCHPOINTS, PROFILES, ACTIVITY))
     bar = _progress_bar(total, progress)
     _JOB = job
@@ -424,7 +451,7 @@ def replay(records: Sequence[HistoryRecord], rule_sets: Sequence[Rules],
             counter = _BarCounter(bar)
             refused = [Counter[str]() for _ in rule_sets]
             events = decode_records(records, rule_sets, future_check=future_check,
-                                    refused=refused)
+                                    skip=skip, refused=refused)
             result = replay_events(events, rule_sets, job.accounts.__contains__, count_from,
                                    tick=counter)
             result.refused = refused

@@ -36,6 +36,7 @@ from router.domain.rules import Rules, RulesError, load_rules
 from router.tools.history import (
     ACCOUNTS,
     ACTIVITY,
+    ASSIGNMENTS,
     INPUT_TOPICS,
     PROFILES,
     REPS,
@@ -50,6 +51,7 @@ from router.tools.history import (
 from router.tools.replay import RANK_STAGE, Decided, ReplayResult, default_workers, replay
 
 SAMPLE = 25
+HOLDING = frozenset({"lead.assigned", "lead.reassigned"})
 
 
 def latest_state(records: Sequence[HistoryRecord], model: type[Rep] | type[NamedAccount],
@@ -113,6 +115,47 @@ class SalesHistory:
             if close >= ts:
                 return close
         return None
+
+
+def not_holder_activity(activity: Sequence[HistoryRecord],
+                        assignments: Sequence[HistoryRecord]) -> frozenset[tuple[str, int, int]]:
+    """Sales activity the router refused as `not_holder`: from a rep who was not the lead's
+    latest assignee when the record arrived, or on a lead nobody held.
+
+    The routing stage dead-letters these before qualification sees them, so a replay that
+    recycled on them would invent a recycle the live router never made (a rejection sent by
+    the first rep after an SLA breach had reassigned the lead is the common case). Judged by
+    record time: the router reads both topics in that order. Empty when the history carries
+    no assignments (an inputs-only export): then every rejection and release counts."""
+    if not assignments:
+        return frozenset()
+    holders: dict[str, list[tuple[float, int, str | None]]] = {}
+    for r in assignments:
+        try:
+            raw = orjson.loads(r.value or b"null")
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(raw, dict) and raw.get("type") in HOLDING:
+            holders.setdefault(str(raw.get("lead_id")), []).append(
+                (r.timestamp, r.offset, raw.get("rep_id")))
+    for changes in holders.values():
+        changes.sort()
+    out = set()
+    for r in activity:
+        try:
+            raw = orjson.loads(r.value or b"null")
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(raw, dict):
+            continue
+        holder = None
+        for at, _, rep in holders.get(str(raw.get("lead_id")), ()):
+            if at > r.timestamp:
+                break
+            holder = rep
+        if holder is None or holder != raw.get("rep_id"):
+            out.add((r.topic, r.partition, r.offset))
+    return frozenset(out)
 
 
 @dataclass
@@ -292,11 +335,14 @@ def simulate(history: History, baseline: Rules, candidate: Rules, rng: TimeRange
              workers: int = 1, progress: bool = False) -> Simulation:
     inputs = [*history.topic(PROFILES), *history.topic(TOUCHPOINTS), *history.topic(ACTIVITY)]
     accounts = latest_state(history.topic(ACCOUNTS), NamedAccount, baseline)
+    refused_activity = not_holder_activity(history.topic(ACTIVITY), history.topic(ASSIGNMENTS))
     started = time.perf_counter()
     result = replay(inputs, [baseline, candidate], accounts.keys(), count_from=rng.start,
-                    workers=workers, progress=progress)
+                    workers=workers, progress=progress, skip=refused_activity)
     seconds = time.perf_counter() - started
-    sales = SalesHistory.from_records(history.topic(ACTIVITY), baseline)
+    # the router ignored what non-holders said: neither a verdict nor the end of a hold
+    sales = SalesHistory.from_records([r for r in history.topic(ACTIVITY) if (
+        r.topic, r.partition, r.offset) not in refused_activity], baseline)
     rep_updates = _rep_updates(history.topic(REPS), baseline)
     roster = latest_state(history.topic(REPS), Rep, baseline)
     # without an end, every release in the history counts (an activity's own time may be a
@@ -343,6 +389,10 @@ def simulate(history: History, baseline: Rules, candidate: Rules, rng: TimeRange
         "inputs are ordered by event time; refusals of future-dated events use the record's"
         " broker time as the router's clock",
         "named accounts are taken at their final state; the roster changes as it did",
+        f"sales activity from a rep who did not hold the lead is left out, as the router"
+        f" refuses it ({len(refused_activity)} records)" if history.topic(ASSIGNMENTS) else
+        "the history has no leads.assignments: every rejection and release recycles, even"
+        " one the router would refuse as not from the lead's holder",
     ]
     if rng.start is not None:
         days = max(baseline.windows.engagement_days, candidate.windows.engagement_days)
@@ -423,12 +473,16 @@ def render_text(s: dict[str, Any]) -> str:
         e = s["sales_evidence"][side]
         lines.append(f"  sales on the SQLs {side.removeprefix('sql_')}: {e['leads']} leads,"
                      f" accepted {e['accepted']}, converted {e['converted']}, rejected"
-                     f" {e['rejected']} {e['rejected_by_reason'] or ''}, no verdict"
+                     f" {e['rejected']}{_reasons(e['rejected_by_reason'])}, no verdict"
                      f" {e['no_verdict']}")
     for row in s["changed_leads"][:10]:
         lines.append(f"    {row['lead_id']}: {row['baseline_stage']} -> {row['candidate_stage']}"
                      f" ({row['sales_judgement']}): {'; '.join(row['why'])}")
     return "\n".join(lines)
+
+
+def _reasons(by_reason: Mapping[str, int]) -> str:
+    return f" ({', '.join(f'{k} {v}' for k, v in by_reason.items())})" if by_reason else ""
 
 
 def _pct(rate: float | None) -> str:
@@ -444,7 +498,8 @@ def run_simulate(*, rules: str, baseline: str | None, since: str | None, start: 
         rng = time_range(since, start, end)
         warmup = 86400.0 * max(current.windows.engagement_days,
                                candidate.windows.engagement_days)
-        history = load_history(history_file, broker, prefix, INPUT_TOPICS, rng, warmup)
+        history = load_history(history_file, broker, prefix, (*INPUT_TOPICS, ASSIGNMENTS), rng,
+                               warmup)
     except (RulesError, HistoryError) as exc:
         print(f"leadrouter simulate: {exc}", file=sys.stderr)
         return 2

@@ -76,6 +76,11 @@ def test_explain_names_only_the_criteria_that_differ() -> None:
     a, b = assess(state, DEFAULT, lambda _d: False), assess(state, STRICT, lambda _d: False)
     assert explain(a, a) == []
     assert [w.split(" (")[0] for w in explain(a, b)] == ["sql_authority now fails"]
+    # the lead is the same on both sides; with the rules, the reader sees what changed
+    [why] = explain(a, b, (DEFAULT, STRICT))
+    assert why == ("sql_authority now fails (director/decision_maker, needs seniority vp,"
+                   " c_level; baseline: director/decision_maker, needs"
+                   " seniority director, vp, c_level or role decision_maker)")
 
 
 def test_refused_inputs_are_counted_by_reason_as_the_worker_would() -> None:

@@ -56,3 +56,33 @@ def test_a_lead_that_finds_the_rep_full_queues_until_the_history_frees_the_slot(
     assert b["queued"] == 1 and b["queued_leads"] == ["L1"]  # L2 still held at minute 30
     assert b["queue_seconds_p50"] == 600.0  # freed at minute 40
     assert b["assigned_by_rep"] == {"R-01": 2} and b["still_queued"] == 0
+
+
+def test_a_rejection_from_a_rep_who_no_longer_holds_the_lead_does_not_recycle_it() -> None:
+    """Found on the demo: R-03 rejected L-00253 after a breach had reassigned it to R-04; the
+    router dead-lettered that as not_holder, the replay recycled the lead and counted a second
+    SQL the topics do not have."""
+    from router.tools.history import ASSIGNMENTS
+    from tests.unit.test_report import assignment, out
+
+    def sqls(h: fx.History) -> int:
+        return int(simulate(h, DEFAULT, DEFAULT, TimeRange(None, None)).summary["baseline"]["sql"])
+
+    def with_activity(h: fx.History) -> fx.History:
+        acts = [fx.activity("L2", "rejected", 20, "no_fit", rep="R-01"),
+                fx.activity("L2", "first_touch", 21, rep="R-02")]
+        h.records[ACTIVITY] = [fx.record(ACTIVITY, i, a, "L2", fx.at(20 + i))
+                               for i, a in enumerate(acts)]
+        # L2 asks for a demo again after the rejection: a recycled lead would be SQL again
+        h.records[fx.TOUCHPOINTS].append(fx.record(
+            fx.TOUCHPOINTS, 99, fx.touch("L2", 9, "demo_request", 60), "L2", fx.at(60)))
+        return h
+
+    assert sqls(with_activity(fx.history())) == 3  # no assignments known: the rejection counts
+    h = with_activity(fx.history())
+    h.records[ASSIGNMENTS] = out(ASSIGNMENTS, [
+        (5, assignment("assigned", "L2", "R-01", "NA", "high_intent")),
+        (10, assignment("reassigned", "L2", "R-02", "NA", "high_intent", seq=2))])
+    s = simulate(h, DEFAULT, DEFAULT, TimeRange(None, None)).summary
+    assert s["baseline"]["sql"] == 2  # R-01 no longer held L2: no recycle, no second SQL
+    assert any("did not hold the lead" in n and "(1 records)" in n for n in s["notes"])
