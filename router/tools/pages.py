@@ -31,12 +31,16 @@ main { padding: 16px 32px 48px; max-width: 1280px; }
         box-shadow: 0 1px 2px rgba(0,0,0,.08); }
 .tile b { display: block; font-size: 24px; }
 .tile span { color: #5b6677; font-size: 13px; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 16px; }
-.card { background: #fff; border-radius: 8px; padding: 8px 12px;
+/* auto-fill, not auto-fit: plotly sizes each chart when its own script runs, while the page is
+   still parsing; auto-fit collapses the empty tracks, so the first chart was drawn full width
+   and then overflowed its column once the second card arrived */
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 16px; }
+.card { background: #fff; border-radius: 8px; padding: 8px 12px; min-width: 0; overflow: hidden;
         box-shadow: 0 1px 2px rgba(0,0,0,.08); }
 .flags { background: #fff4e5; border-left: 4px solid #e07b39; padding: 8px 16px;
-         border-radius: 4px; }
-.ok { background: #e9f7ef; border-left: 4px solid #3aa67a; padding: 8px 16px; border-radius: 4px; }
+         border-radius: 4px; margin-bottom: 16px; }
+.ok { background: #e9f7ef; border-left: 4px solid #3aa67a; padding: 8px 16px; border-radius: 4px;
+      margin-bottom: 16px; }
 table { border-collapse: collapse; width: 100%; background: #fff; font-size: 13px; }
 th, td { text-align: left; padding: 6px 8px; border-bottom: 1px solid #e3e7ee;
          vertical-align: top; }
@@ -71,13 +75,18 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+# once the layout is final, fit every chart to its card (the grid may have moved since it drew)
+_RESIZE = ("<script>window.addEventListener('load', () => document.querySelectorAll("
+           "'.js-plotly-plot').forEach(p => Plotly.Plots.resize(p)));</script>")
+
+
 def _page(title: str, subtitle: str, body: str) -> str:
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{_e(title)}</title><style>{_STYLE}</style>"
         f"<script>{get_plotlyjs()}</script></head><body>"
         f"<header><h1>{_e(title)}</h1><p>{_e(subtitle)}</p></header>"
-        f"<main>{body}</main></body></html>"
+        f"<main>{body}</main>{_RESIZE}</body></html>"
     )
 
 
@@ -95,9 +104,12 @@ def _span(rng: dict[str, Any]) -> str:
 
 
 def report_page(r: dict[str, Any]) -> str:
+    waiting = r["assigned"] - r["accepted"] - r["rejected"]
     parts = [_tiles([
         ("SQLs", r["sql"]), ("MQL -> SQL", _pct(r["mql_to_sql_rate"])),
-        ("acceptance (accepted / assigned)", _pct(r["acceptance_rate"])),
+        # a low acceptance rate in a young week is mostly leads sales has not judged yet
+        (f"acceptance ({r['accepted']} of {r['assigned']} assigned; {waiting} without a"
+         " verdict yet)", _pct(r["acceptance_rate"])),
         ("rejection rate", _pct(r["rejection_rate"])),
         ("speed to lead p50", _seconds(r["first_touch_p50_seconds"])),
         ("SLA breach rate", _pct(r["sla_breach_rate"])),
@@ -120,15 +132,19 @@ def report_page(r: dict[str, Any]) -> str:
     mix = go.Figure(go.Bar(x=list(reasons.values()), y=list(reasons.keys()), orientation="h",
                            marker={"color": PALETTE[1]}))
     mix.update_layout(title=f"Rejection reasons ({r['rejected']} rejections)",
-                      yaxis={"autorange": "reversed"})
+                      yaxis={"autorange": "reversed"},
+                      xaxis={"tickformat": ",d", "rangemode": "tozero",
+                             **({"dtick": 1} if max(reasons.values(), default=0) <= 10 else {})})
     charts.append(_chart("reasons", mix))
 
     speed = go.Figure()
-    for i, (pool, values) in enumerate(r["first_touch_samples_by_pool"].items()):
-        speed.add_trace(go.Box(y=[v / 60 for v in values], name=pool, boxpoints="all",
+    samples = r["first_touch_samples_by_pool"]
+    unit, per = _unit(max((v for values in samples.values() for v in values), default=0.0))
+    for i, (pool, values) in enumerate(samples.items()):
+        speed.add_trace(go.Box(y=[v / per for v in values], name=pool, boxpoints="all",
                                jitter=0.4, marker={"color": PALETTE[i % len(PALETTE)]}))
-    speed.update_layout(title="Speed to lead by pool (minutes to first touch)",
-                        yaxis={"title": "minutes"}, showlegend=False)
+    speed.update_layout(title=f"Speed to lead by pool ({unit} to first touch)",
+                        yaxis={"title": unit, "rangemode": "tozero"}, showlegend=False)
     charts.append(_chart("speed", speed))
 
     breach = r["sla_breach_rate_by"]["pool"]
@@ -141,12 +157,17 @@ def report_page(r: dict[str, Any]) -> str:
 
     trend = go.Figure()
     days = [row["day"] for row in r["trend"]]
+    # a line needs days to join: a range of a day or three reads better as grouped bars
+    as_bars = len(days) < 4
     for i, column in enumerate(("mql", "sql", "assigned", "accepted", "rejected",
                                 "sla_breached")):
-        trend.add_trace(go.Scatter(x=days, y=[row[column] for row in r["trend"]],
-                                   mode="lines+markers", name=column,
-                                   line={"color": PALETTE[i % len(PALETTE)]}))
-    trend.update_layout(title="Per day", xaxis={"type": "category"})
+        color = PALETTE[i % len(PALETTE)]
+        ys = [row[column] for row in r["trend"]]
+        trend.add_trace(go.Bar(x=days, y=ys, name=column, marker={"color": color}) if as_bars
+                        else go.Scatter(x=days, y=ys, mode="lines+markers", name=column,
+                                        line={"color": color}))
+    trend.update_layout(title="Per day", xaxis={"type": "category"},
+                        barmode="group")
     charts.append(_chart("trend", trend))
     parts.append('<div class="grid">' + "".join(charts) + "</div>")
 
@@ -169,12 +190,30 @@ def report_page(r: dict[str, Any]) -> str:
                           row["met"], row["breached"], _pct(row["rate"])))
     parts.append(_table(("by", "name", "first touch p50", "p90", "met", "breached",
                          "breach rate"), srows))
+    parts.append('<p class="notes">First touch by class and pool: from the lead\'s first'
+                 " assignment, how long the lead waited. By rep: from that rep's own"
+                 " assignment, so a rep who took over after someone else's breach is not"
+                 " charged with the wait before.</p>")
     q = r["queue"]
     parts.append(f"<p>Queue: {q['queued']} queued, {q['still_queued']} still queued; time in"
                  f" queue p50 {_seconds(q['seconds_p50'])}, p90 {_seconds(q['seconds_p90'])},"
                  f" max {_seconds(q['seconds_max'])}.</p>")
     return _page("leadrouter weekly review", f"{_span(r['range'])} · {r.get('source', '')}",
                  "".join(parts))
+
+
+def _unit(largest: float) -> tuple[str, float]:
+    """The axis unit for durations up to `largest` seconds: a demo's answers come in
+    seconds, a real week's in minutes or hours."""
+    if largest < 180:
+        return "seconds", 1.0
+    if largest < 3 * 3600:
+        return "minutes", 60.0
+    return "hours", 3600.0
+
+
+def _reasons(by_reason: dict[str, int]) -> str:
+    return f" ({', '.join(f'{k} {v}' for k, v in by_reason.items())})" if by_reason else ""
 
 
 def _seconds(value: float | None) -> str:
@@ -264,7 +303,8 @@ def simulate_page(s: dict[str, Any]) -> str:
         e = evidence[side]
         parts.append(f"<p>SQLs {label}: {e['leads']} leads; accepted {e['accepted']}, converted"
                      f" {e['converted']}, rejected {e['rejected']}"
-                     f" {_e(e['rejected_by_reason'] or '')}, no verdict {e['no_verdict']}.</p>")
+                     f"{_e(_reasons(e['rejected_by_reason']))}, no verdict"
+                     f" {e['no_verdict']}.</p>")
     parts.append('<div class="notes"><ul>' + "".join(
         f"<li>{_e(n)}</li>" for n in s["notes"]) + "</ul></div>")
     subtitle = (f"{_span(s['range'])} · baseline {b['rules_version']} · candidate"

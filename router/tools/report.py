@@ -8,7 +8,9 @@ dropped first, as any consumer of an at-least-once stream does):
   lead's latest assignment at or before it; acceptance = accepted / assigned, rejection =
   rejected / assigned;
 - speed to lead: first touch time minus the start of the SLA clock (the lead's first
-  `lead.assigned` or `lead.queued` in that cycle); percentiles are nearest-rank;
+  `lead.assigned` or `lead.queued` in that cycle): how long the lead waited. By rep it is
+  counted from that rep's own assignment instead, so a backup rep who got the lead after
+  someone else's breach is not charged with the first rep's wait; percentiles are nearest-rank;
 - SLA breach rate: `sla.breached` / (`sla.met` + `sla.breached`), per assignment;
 - time in queue: `lead.queued` to the `lead.assigned` that took the lead off the queue.
 The diagnostics are the published marketing-sales SLA ones (SPEC §9).
@@ -176,6 +178,7 @@ def build_report(history: History, rng: TimeRange) -> dict[str, Any]:
                 if a.get("type") == "lead.assigned" and inside(a)}
     verdicts: dict[tuple[str, int], dict[str, dict[str, Any]]] = defaultdict(dict)
     responses: list[tuple[_Held, float]] = []
+    rep_seconds: dict[int, float] = {}  # id(response holder) -> from that rep's assignment
     for act in activity:
         when = act.get("occurred_at")
         ts = _ts(when) if isinstance(when, str) else act["_ts"]
@@ -189,6 +192,7 @@ def build_report(history: History, rng: TimeRange) -> dict[str, Any]:
         mine[kind] = act
         if kind == "first_touch":
             responses.append((h, max(0.0, ts - h.started)))
+            rep_seconds[id(h)] = max(0.0, ts - h.at)
     accepted = [k for k in assigned if "accepted" in verdicts.get(k, {})]
     rejected = [verdicts[k]["rejected"] for k in assigned if "rejected" in verdicts.get(k, {})]
     reasons = Counter(str(r.get("reason") or "other") for r in rejected)
@@ -264,7 +268,8 @@ def build_report(history: History, rng: TimeRange) -> dict[str, Any]:
         "first_touch_seconds": {
             "by_class": _grouped((h.sla_class, sec) for h, sec in in_range_responses),
             "by_pool": _grouped((h.pool, sec) for h, sec in in_range_responses),
-            "by_rep": _grouped((str(h.rep_id), sec) for h, sec in in_range_responses),
+            "by_rep": _grouped((str(h.rep_id), rep_seconds[id(h)])
+                               for h, _ in in_range_responses),
         },
         "first_touch_samples_by_pool": _samples(in_range_responses),
         "sla_breach_rate": _rate(breached, len(outcomes)),
@@ -344,6 +349,10 @@ def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.1f}%"
 
 
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} s"
+
+
 def render_text(r: dict[str, Any]) -> str:
     span = f"{r['range']['from'] or 'beginning'} to {r['range']['to'] or 'now'}"
     lines = [f"leadrouter report ({span})",
@@ -356,12 +365,12 @@ def render_text(r: dict[str, Any]) -> str:
              f" ({_pct(r['acceptance_rate'])}), rejected {r['rejected']}"
              f" ({_pct(r['rejection_rate'])})",
              f"  rejection reasons: {r['rejections_by_reason'] or 'none'}",
-             f"  speed to lead: p50 {r['first_touch_p50_seconds']} s,"
-             f" p90 {r['first_touch_p90_seconds']} s",
+             f"  speed to lead: p50 {_secs(r['first_touch_p50_seconds'])},"
+             f" p90 {_secs(r['first_touch_p90_seconds'])}",
              f"  SLA breach rate: {_pct(r['sla_breach_rate'])}"
              f" (escalation line {r['sla_escalation_line']:.0%})",
              f"  queue: {r['queue']['queued']} queued, {r['queue']['still_queued']} still"
-             f" queued, p50 {r['queue']['seconds_p50']} s"]
+             f" queued, p50 {_secs(r['queue']['seconds_p50'])}"]
     if r["flags"]:
         lines.append("  FLAGS:")
         lines += [f"    - {f['message']}" for f in r["flags"]]

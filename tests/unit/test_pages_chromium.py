@@ -131,7 +131,10 @@ CHARTS_JS = """JSON.stringify([...document.querySelectorAll('[data-chart]')].map
   const plot = d.querySelector('.js-plotly-plot');
   return {name: d.dataset.chart, traces: plot && plot.data ? plot.data.length : 0,
           svgs: d.querySelectorAll('svg.main-svg').length,
-          marks: d.querySelectorAll('.trace, .funnel, .bars, .box, .scatterlayer path').length};
+          marks: d.querySelectorAll('.trace, .funnel, .bars, .box, .scatterlayer path').length,
+          width: Math.round(plot && plot.querySelector('svg.main-svg') ?
+                            plot.querySelector('svg.main-svg').getBoundingClientRect().width : 0),
+          room: d.clientWidth};
 }))"""
 
 
@@ -175,6 +178,9 @@ async def test_the_page_renders_offline_with_every_chart_and_no_console_error(
     assert {c["name"] for c in charts} == expected
     for chart in charts:
         assert chart["svgs"] > 0 and chart["traces"] > 0, chart
+        # each chart fits its card: the first one of a grid used to be drawn full width and
+        # spill over its neighbour (the demo's funnel and MQL/SQL bars were cut off)
+        assert 0 < chart["width"] <= chart["room"], chart
     assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000
 
 
@@ -191,4 +197,5 @@ def test_a_page_with_a_broken_script_is_caught(tmp_path: Path) -> None:
     charts, problems = asyncio.run(render(html, "broken", tmp_path))
     assert any("undefinedFunction" in p for p in problems)
     assert any("network request: http://192.0.2.1/x" in p for p in problems)
-    assert charts == [{"name": "x", "traces": 0, "svgs": 0, "marks": 0}]
+    assert charts == [{"name": "x", "traces": 0, "svgs": 0, "marks": 0, "width": 0,
+                       "room": charts[0]["room"]}]

@@ -124,3 +124,34 @@ def test_nearest_rank() -> None:
     assert nearest_rank([40, 10, 30, 20], 0.5) == 20
     assert nearest_rank([40, 10, 30, 20], 0.9) == 40
     assert nearest_rank([], 0.5) is None
+
+
+def test_speed_to_lead_by_rep_counts_from_that_reps_own_assignment() -> None:
+    """A backup rep who takes a lead after someone else's breach is not charged with the wait
+    before it (found on the demo: R-04 showed 44 s for a lead it touched 13 s after getting it)."""
+    h = week()
+    h.records[ASSIGNMENTS] += out(ASSIGNMENTS, [
+        (6, assignment("reassigned", "L2", "R-03", "EMEA", "high_intent", seq=2))])
+    from router.tools.history import ACTIVITY
+
+    h.records[ACTIVITY] = [fx.record(ACTIVITY, 0, a, "L2", datetime.fromisoformat(
+        a["occurred_at"])) for a in [fx.activity("L2", "first_touch", 9, rep="R-03")]]
+    r = build_report(h, TimeRange(None, None))
+    # the lead waited 4 minutes from its first assignment; R-03 answered 3 minutes after its own
+    assert r["first_touch_p50_seconds"] == 240.0
+    assert r["first_touch_seconds"]["by_pool"]["EMEA"]["p50"] == 240.0
+    assert r["first_touch_seconds"]["by_rep"] == {"R-03": {"count": 1, "p50": 180.0,
+                                                           "p90": 180.0}}
+    assert "p50 240 s" in render_text(r) and "queued, p50 300 s" in render_text(r)
+
+
+def test_the_page_says_how_many_assigned_leads_await_a_verdict_and_draws_a_short_trend_as_bars(
+        ) -> None:
+    """30% acceptance read as 70% refused on the demo, where most leads had no verdict yet; a
+    one-day range drew six lone dots for a trend."""
+    from router.tools.pages import report_page
+
+    page = report_page(build_report(week(), TimeRange(None, None)))
+    assert "acceptance (1 of 3 assigned; 0 without a verdict yet)" in page
+    trend = page[page.index('data-chart="trend"'):]
+    assert '"type":"bar"' in trend[:trend.index("</script>")]
