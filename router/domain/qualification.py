@@ -190,8 +190,12 @@ def _prune(state: LeadState, rules: Rules) -> None:
     if state.newest_ts is None:
         return
     cut = state.newest_ts - rules.window_seconds
-    state.recent = [t for t in state.recent if t[0] >= cut]
-    state.pricing = [t for t in state.pricing if t[0] >= cut]
+    # both lists are newest first (_insert_top keeps them so): when the oldest is still in
+    # the window nothing goes, and most touches leave them as they are (a replay's hot path)
+    if state.recent and state.recent[-1][0] < cut:
+        state.recent = [t for t in state.recent if t[0] >= cut]
+    if state.pricing and state.pricing[-1][0] < cut:
+        state.pricing = [t for t in state.pricing if t[0] >= cut]
     if state.last_intent is not None and state.last_intent[0] < cut:
         state.last_intent = None
     if state.last_tts is not None and state.last_tts[0] < cut:

@@ -6,7 +6,9 @@ import io
 from datetime import timedelta
 from pathlib import Path
 
-from router.domain.rules import load_rules, parse_rules
+import pytest
+
+from router.domain.rules import Rules, load_rules, parse_rules
 from router.tools.history import (
     ACTIVITY,
     PROFILES,
@@ -15,7 +17,7 @@ from router.tools.history import (
     read_ndjson,
     write_ndjson,
 )
-from router.tools.replay import decode_records, explain, replay
+from router.tools.replay import decode_records, explain, replay, replay_events
 from tests.unit import tools_fixtures as fx
 
 DEFAULT = load_rules()
@@ -158,3 +160,43 @@ def test_the_fast_path_decides_exactly_as_the_domain_functions_on_demo_traffic()
     assert sorted(summary(fast)) == sorted(summary(slow))
     assert len([d for d in fast.decisions if d.type == "lead.sql"]) >= 20  # not a vacuous run
     assert fast.best == slow.best and fast.why == slow.why
+
+
+def test_the_prune_shortcut_leaves_every_decision_as_the_full_filter_gives_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """_prune skips its filter when the oldest touch is still in the window (a replay speed-up);
+    on a synthetic history long enough for windows to roll over, every decision and every
+    final lead state is what the unconditional filter gives."""
+    from datetime import UTC, datetime
+
+    from router.domain import qualification
+    from router.tools.synth import write_history
+
+    path = tmp_path / "h.ndjson"
+    with path.open("wb") as f:
+        write_history(f, 20_000, 1_500, 90, 3, datetime(2026, 6, 1, tzinfo=UTC))
+    records = inputs(read_ndjson(path))
+
+    def full_filter(state: qualification.LeadState, rules: Rules) -> None:
+        if state.newest_ts is None:
+            return
+        cut = state.newest_ts - rules.window_seconds
+        state.recent = [t for t in state.recent if t[0] >= cut]
+        state.pricing = [t for t in state.pricing if t[0] >= cut]
+        if state.last_intent is not None and state.last_intent[0] < cut:
+            state.last_intent = None
+        if state.last_tts is not None and state.last_tts[0] < cut:
+            state.last_tts = None
+
+    def run() -> tuple[list[tuple[str, str, str | None, int, str]], dict[str, bytes]]:
+        events = decode_records(records, [DEFAULT, STRICT])
+        result = replay_events(events, [DEFAULT, STRICT], lambda _d: False, keep_states=True)
+        states = {f"{i}:{lead}": s.to_bytes() for i, side in enumerate(result.states)
+                  for lead, s in side.items()}
+        return summary(result), states
+
+    shortcut = run()
+    monkeypatch.setattr(qualification, "_prune", full_filter)
+    reference = run()
+    assert len(shortcut[0]) > 500  # enough decisions to mean something
+    assert shortcut == reference
