@@ -34,7 +34,7 @@ class Settings:
     session_timeout_seconds: float = 10.0
     fetch_max_wait_ms: int = 100
     compacted_segment_ms: int = 3_600_000
-    batch_size: int = 500
+    batch_size: int = 2000
     batch_wait_ms: int = 10
     log_format: str = "json"
     log_level: str = "info"
@@ -146,7 +146,8 @@ HELP: dict[str, str] = {
     "compacted_segment_ms": "segment.ms of the compacted topics the router creates (roster,"
                             " accounts, state changelogs): Kafka compacts closed segments"
                             " only, so this bounds how much history a restore replays",
-    "batch_size": "most events processed per batch",
+    "batch_size": "most events per partition in one batch (one transaction per partition"
+                  " and batch with exactly-once)",
     "batch_wait_ms": "how long a batch waits to fill before it is processed",
     "log_format": "json (one object per line) or text",
     "log_level": "debug, info, warning or error",

@@ -205,8 +205,11 @@ class PartitionProcessor:
             # not under the lock: getmany waits for a rebalance in progress, whose revocation
             # callback waits for the lock (a deadlock). Records fetched before a revocation
             # are safe anyway: their tasks are suspended by then, so split() drops them.
+            # batch_size per task: one transaction per task and batch, so the per-transaction
+            # round trips are shared by up to batch_size records of each partition
+            most = self.settings.batch_size * max(1, len(self.core.tasks))
             try:
-                fetched = await self.consumer.getmany(timeout_ms=wait_ms)
+                fetched = await self.consumer.getmany(timeout_ms=wait_ms, max_records=most)
             except KafkaError as exc:
                 log.warning("fetch failed; retrying", extra={"error": repr(exc)})
                 fetched = {}
@@ -225,6 +228,8 @@ class PartitionProcessor:
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
+            # aiokafka has no public accessor for the generation it just joined (faust read
+            # the same attribute); core.assign needs it to tell a kept task from a missed one
             generation = int(getattr(self.consumer._coordinator, "generation", -1))
             changes = self.core.assign(assigned, generation)
             for task in changes.dropped:
@@ -321,12 +326,14 @@ class PartitionProcessor:
         await consumer.start()
         try:
             consumer.assign(list(by_tp))
+            start: dict[TopicPartition, int] = {}
             for tp, p in by_tp.items():
                 assert p.store is not None
                 at = p.store.changelog_offset
                 if at is None:
                     await consumer.seek_to_beginning(tp)
                 else:
+                    start[tp] = at + 1
                     consumer.seek(tp, at + 1)
             left = set(by_tp)
             while left:
@@ -334,6 +341,12 @@ class PartitionProcessor:
                 for tp, records in fetched.items():
                     p = by_tp[tp]
                     assert p.store is not None
+                    if records[0].offset < start.pop(tp, 0):
+                        # the fetcher reset us to the beginning: the changelog is shorter than
+                        # what this data dir says it applied (the topic was recreated)
+                        log.warning("changelog behind the local store; rebuilding it",
+                                    extra={"changelog": _name(tp)})
+                        p.store.wipe()
                     p.store.write([(r.key, r.value) for r in records if r.key is not None],
                                   records[-1].offset)
                     self.restored[p.stage.table] += len(records)

@@ -56,6 +56,8 @@ class PartitionStore(Protocol):
 
     def close(self) -> None: ...
 
+    def wipe(self) -> None: ...
+
 
 class MemoryStore:
     """A dict; restored from the whole changelog on every assignment."""
@@ -91,6 +93,9 @@ class MemoryStore:
 
     def close(self) -> None:
         self._data = {}
+
+    def wipe(self) -> None:
+        self._data, self._inputs = {}, None
 
     def __len__(self) -> int:
         return len(self._data)
