@@ -162,7 +162,7 @@ async def settle_and_verify(run: ChaosRun, broker: Broker, stamp: Log, *, catch_
         from router.harness.chaos.traces import explain_losses  # needs the broker still up
 
         try:
-            run.forensics = await explain_losses(report, run, broker.bootstrap)
+            run.forensics = await explain_losses(report, run, broker.bootstrap, strict)
         except Exception as exc:  # forensics must not hide the verdict
             run.forensics = f"trace forensics failed: {exc!r}"
     return report

@@ -21,6 +21,7 @@ reached it was skipped by the consumer.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections import defaultdict
 from collections.abc import Iterable
@@ -35,6 +36,9 @@ from router.tools.history import HistoryRecord, read_topic
 if TYPE_CHECKING:
     from router.harness.chaos.session import ChaosRun
     from router.tools.verify import Report
+
+
+TRACE_LAG_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -148,16 +152,23 @@ def _tp(r: HistoryRecord) -> str:
     return f"{r.topic}[{r.partition}]"
 
 
-async def explain_losses(report: Report, run: ChaosRun, bootstrap: str) -> str:
+async def explain_losses(report: Report, run: ChaosRun, bootstrap: str,
+                         strict: bool = False) -> str:
     """For each lead with a lost output, its input records (topic[partition]@offset) and what
     the traces say about each; first, how many input records of the run never reached an agent
-    at all (lost or not: most skipped records change no outcome). Sets `run.unreached`."""
-    traces = read_traces(sorted(run.workdir.glob("worker-*.log")))
+    at all (lost or not: most skipped records change no outcome). Sets `run.unreached`.
+    `strict` (exactly-once) reads read_committed: a record of an aborted transaction is one a
+    read_committed worker must never get, not one it skipped."""
     topics = run.topics
     names = [topics.touchpoints, topics.profiles, topics.routing]
     records: list[HistoryRecord] = []
     for name in names:
-        records += await read_topic(bootstrap.split(","), name)
+        records += await read_topic(bootstrap.split(","), name, isolation_level=(
+            "read_committed" if strict else "read_uncommitted"))
+    # the routing topic keeps getting clock ticks: read the traces after the records, once the
+    # workers have had time to take the newest, or those would look skipped
+    await asyncio.sleep(TRACE_LAG_SECONDS)
+    traces = read_traces(sorted(run.workdir.glob("worker-*.log")))
     lines = [f"trace forensics ({traces.batches} traced batches in {run.workdir}):"]
     if not traces.batches:
         lines.append("  no batch traces in the worker logs: nothing to say per record")
