@@ -8,6 +8,7 @@ topics, offsets and consumer groups (KRaft's log dirs are formatted only once).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -274,10 +275,7 @@ class KafkaBroker:
         if cluster_file.is_file():
             cluster_id = cluster_file.read_text().strip()
         else:
-            # what `kafka-storage random-uuid` prints: a base64url UUID without padding
-            import base64
-
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             cluster_file.write_text(cluster_id + "\n")
         for node in unformatted:
             done = subprocess.run(
@@ -329,6 +327,16 @@ class KafkaBroker:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait(10)
+
+
+def new_cluster_id() -> str:
+    """What `kafka-storage random-uuid` prints: a base64url UUID without padding, drawn again
+    when it starts with "-" (about 1 in 64), which StorageTool's `-t` would read as an option
+    and refuse to format."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def min_heap(heap: str) -> str:
