@@ -33,7 +33,7 @@ BACKGROUND = [f"L-bg{i:03d}" for i in range(200)]
 REPS = [f"R-{i}" for i in range(6)]
 TRAFFIC_SECONDS = 24.0
 # enough that every kill lands in the middle of batches (a few hundred events a second)
-BACKGROUND_RECORDS = 12_000
+BACKGROUND_RECORDS = 30_000
 CHUNK = 100
 INVALID_EVERY = 5
 ENV = {"LEADROUTER_SESSION_TIMEOUT_SECONDS": "6"}
