@@ -692,7 +692,7 @@ class Notifier:
                 # session timeout), so do not quit the group after 5 idle minutes and hand
                 # the blocked message to another notifier to post twice
                 max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
-                fetch_max_wait_ms=s.fetch_max_wait_ms,
+                fetch_max_wait_ms=s.fetch_wait_ms(),
                 **s.kafka_client_kwargs(),
             )
             try:

@@ -150,7 +150,7 @@ class RouterApp:
             topics.accounts,
             lambda key, value: decode(NamedAccount, None, value, rules),
             on_change=lambda _k, _v: NAMED_ACCOUNTS.set(len(self.accounts.values)),
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            fetch_max_wait_ms=settings.fetch_wait_ms(),
             client_kwargs=settings.kafka_client_kwargs(),
         )
         self.reps: CompactedTopicReader[Rep] = CompactedTopicReader(
@@ -158,7 +158,7 @@ class RouterApp:
             topics.reps,
             lambda key, value: decode(Rep, None, value, rules),
             on_change=lambda rep_id, rep: self.routing.on_roster_change(rep_id, rep),
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            fetch_max_wait_ms=settings.fetch_wait_ms(),
             client_kwargs=settings.kafka_client_kwargs(),
         )
         self.qualifier = Qualifier(

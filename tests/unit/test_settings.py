@@ -119,3 +119,12 @@ def test_exactly_once_on_tansu_is_refused_with_what_to_do() -> None:
         processing_guarantee(Settings(processing_guarantee="exactly_once"), "tansu")
     with pytest.raises(ValueError, match="processing_guarantee must be one of"):
         Settings(processing_guarantee="exactly-once")
+
+
+def test_fetch_wait_is_chosen_for_the_broker_unless_set() -> None:
+    from router.settings import KAFKA_FETCH_WAIT_MS, TANSU_FETCH_WAIT_MS
+
+    assert Settings(broker_quirks="none").fetch_wait_ms() == KAFKA_FETCH_WAIT_MS == 500
+    assert Settings(broker_quirks="tansu").fetch_wait_ms() == TANSU_FETCH_WAIT_MS == 100
+    assert Settings(broker_quirks="tansu", fetch_max_wait_ms=50).fetch_wait_ms() == 50
+    assert Settings(fetch_max_wait_ms=250).fetch_wait_ms() == 250

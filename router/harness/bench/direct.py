@@ -55,7 +55,7 @@ async def run(inputs: str, outputs: str, group: str) -> None:
     consumer = AIOKafkaConsumer(source.profiles, source.touchpoints, group_id=group,
                                 bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_poll_records=MAX_BATCH,
-                                fetch_max_wait_ms=settings.fetch_max_wait_ms, **client)
+                                fetch_max_wait_ms=settings.fetch_wait_ms(), **client)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1, **client)
     await consumer.start()
     await producer.start()

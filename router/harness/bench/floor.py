@@ -32,7 +32,7 @@ MODES = ("take", "iter")
 def build_floor_app(settings: Settings, topic: str, app_id: str, mode: str) -> faust.App:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    lower_fetch_wait(settings.fetch_max_wait_ms)
+    lower_fetch_wait(settings.fetch_wait_ms())
     s = settings
     Path(s.data_dir).mkdir(parents=True, exist_ok=True)
     app = new_faust_app(s, app_id, web_enabled=False, store="memory://")

@@ -161,7 +161,7 @@ class PartitionProcessor:
             bootstrap_servers=self.bootstrap, group_id=self.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             isolation_level="read_committed" if self.read_committed else "read_uncommitted",
-            max_poll_records=s.batch_size, fetch_max_wait_ms=s.fetch_max_wait_ms,
+            max_poll_records=s.batch_size, fetch_max_wait_ms=s.fetch_wait_ms(),
             session_timeout_ms=int(s.session_timeout_seconds * 1000),
             heartbeat_interval_ms=int(max(0.5, s.session_timeout_seconds / 5) * 1000),
             partition_assignment_strategy=(self.assignor,), **self.client)
@@ -322,7 +322,7 @@ class PartitionProcessor:
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed" if self.read_committed else "read_uncommitted",
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms, **self.client)
+            fetch_max_wait_ms=self.settings.fetch_wait_ms(), **self.client)
         await consumer.start()
         try:
             consumer.assign(list(by_tp))
