@@ -306,6 +306,11 @@ def check_routing(report: Report, roster: dict[str, Rep], transitions: list[dict
     # SLA outcomes
     outcomes = {(s["lead_id"], s["cycle"], _seq(s["event_id"])) for s in sla
                 if s["type"] in ("sla.met", "sla.breached")}
+    # A queued lead's clock runs from the queueing (SPEC §5): when it breaches while queued, the
+    # assignment that follows keeps that deadline and its outcome carries the queue's clock
+    # number, not the assignment's (found by the Tansu kill loop, seed 3004).
+    outcomes_by_due = {(s["lead_id"], s["cycle"], _ts(s["due_at"])) for s in sla
+                       if s["type"] in ("sla.met", "sla.breached") and s.get("due_at")}
     closed_at: dict[str, float] = {}
     for a in activity:
         if a.get("type") in CLOSING or a.get("type") == "first_touch":
@@ -316,6 +321,8 @@ def check_routing(report: Report, roster: dict[str, Rep], transitions: list[dict
         due = _ts(a["sla"]["due_at"])
         seq = int(a["event_id"].rsplit(":", 1)[1])
         if due > now - SLA_GRACE_SECONDS or (a["lead_id"], a["cycle"], seq) in outcomes:
+            continue
+        if (a["lead_id"], a["cycle"], due) in outcomes_by_due:
             continue
         if closed_at.get(a["lead_id"], float("inf")) <= due:
             continue

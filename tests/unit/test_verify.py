@@ -85,6 +85,20 @@ def test_a_passed_deadline_needs_an_sla_outcome_unless_sales_closed_it_first() -
     assert run([sql("L1")], [late], now=T0 + 61) == []  # within the grace period
 
 
+def test_a_breach_while_queued_covers_the_assignment_that_keeps_its_deadline() -> None:
+    """Seen in the Tansu kill loop: queued at T0 (clock 0, due T0 + 15), breached while queued,
+    assigned at T0 + 30 with the same deadline; the outcome carries clock 0, not 1."""
+    queued = assigned("L1", "", T0, seq=0, kind="lead.queued", due=T0 + 15)
+    queued["event_id"] = "L1:c1:queued"
+    late = assigned("L1", "A", T0 + 30, due=T0 + 15)
+    breached = {"event_id": "L1:c1:sla:0:breached", "type": "sla.breached", "lead_id": "L1",
+                "cycle": 1, "due_at": iso(T0 + 15)}
+    assert run([sql("L1")], [queued, late], sla=[breached], now=T0 + 100) == []
+    other = {**breached, "due_at": iso(T0 + 16)}  # a breach of another deadline does not count
+    assert run([sql("L1")], [queued, late], sla=[other], now=T0 + 100) == [
+        f"L1:c1:assign:1: deadline {iso(T0 + 15)} passed without sla.met or sla.breached"]
+
+
 def record(value: dict[str, Any], offset: int) -> HistoryRecord:
     return HistoryRecord("t", 0, offset, 1_800_000_000.0, b"k", orjson.dumps(value))
 
