@@ -56,6 +56,7 @@ from router.adapters.topics import Topics, ensure_topics
 from router.harness.bench.load import Mix, build_mix, probe_profiles, probe_touchpoint, produce
 from router.harness.bench.measure import (
     _log,
+    committed_total,
     cpu_seconds,
     percentile,
     ratio,
@@ -80,10 +81,11 @@ class BenchConfig:
     floor_modes: tuple[str, ...] = ("take", "iter")
     mode: str = "full"
     direct: bool = True  # also measure the batched-ingestion prototype (bench/direct.py)
+    routing_probes: int = 5_000  # SQLs sent at once to time the routing partition
 
 
 QUICK = BenchConfig(leads=5_000, touchpoints=20_000, latency_seconds=6.0, max_probe_rate=20.0,
-                    phase_timeout=40.0, mode="quick")
+                    phase_timeout=40.0, mode="quick", routing_probes=1_000)
 WARMUP_FRACTION = 0.1
 END_FRACTION = 0.9
 
@@ -114,6 +116,33 @@ class Processes:
                                    f" {proc.returncode}")
 
 
+async def count_sqls(bootstrap: list[str], topic: str, client: dict[str, Any]) -> int:
+    """lead.sql records on `topic` so far (read_committed: what downstream sees)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed", **client)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        count = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(p >= ends[tp] for p, tp in zip(positions, tps, strict=True)):
+                break
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                count += sum(1 for r in records if r.value and b'"lead.sql"' in r.value)
+        return count
+    finally:
+        await consumer.stop()
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -130,6 +159,7 @@ class Bench:
     procs: Processes
     run: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:6]}")
     broker_pids: list[int] = field(default_factory=list)  # the local broker's, for its CPU
+    broker_kind: str = "kafka"
     result: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -144,7 +174,8 @@ class Bench:
     def client(self) -> dict[str, Any]:
         return self.settings("").kafka_client_kwargs()
 
-    def worker(self, prefix: str, name: str, data: str | None = None) -> WorkerProcess:
+    def worker(self, prefix: str, name: str, data: str | None = None,
+               env: dict[str, str] | None = None) -> WorkerProcess:
         """A worker process (registered for cleanup); `data` names its data dir (a restarted
         worker reuses the crashed one's, as a RocksDB store needs)."""
         data_dir = self.workdir / self.run / f"data-{data or name}"
@@ -155,6 +186,7 @@ class Bench:
             "LEADROUTER_PARTITIONS": str(self.config.partitions),
             "LEADROUTER_DATA_DIR": str(data_dir),
             "LEADROUTER_BROKER_WAIT_SECONDS": "30",
+            **(env or {}),
         })
         self.procs.workers.append(worker)
         worker.start()
@@ -173,7 +205,8 @@ class Bench:
 
     # ---------------------------------------------------------------- router phases
 
-    async def router_phase(self, mix: Mix, name: str, workers: int
+    async def router_phase(self, mix: Mix, name: str, workers: int,
+                           env: dict[str, str] | None = None
                            ) -> tuple[float, list[WorkerProcess], Topics]:
         """Start `workers` on empty topics, load the set-up, then time the touchpoints."""
         prefix = f"{self.run}.{name}."
@@ -182,7 +215,7 @@ class Bench:
         await produce(self.bootstrap, topics.reps, mix.reps, self.client)
         await produce(self.bootstrap, topics.accounts, mix.accounts, self.client)
         started = time.monotonic()
-        procs = [self.worker(prefix, f"{name}-worker{i + 1}") for i in range(workers)]
+        procs = [self.worker(prefix, f"{name}-worker{i + 1}", env=env) for i in range(workers)]
         await asyncio.gather(*(asyncio.to_thread(w.wait_ready, 180) for w in procs))
         if workers == 1:
             self.result["cold_start_seconds"] = round(time.monotonic() - started, 2)
@@ -282,10 +315,12 @@ class Bench:
         profiles = probe_profiles(self.run, probes, now)
         load = mix.more_touchpoints(background, now)
         await produce(self.bootstrap, topics.profiles, profiles, self.client)
+        # read_committed: what a downstream consumer of an exactly-once worker must set, so
+        # the latency includes the transaction commit (SPEC's outputs as downstream sees them)
         consumer = AIOKafkaConsumer(topics.transitions, topics.assignments,
                                     bootstrap_servers=self.bootstrap,
                                     auto_offset_reset="latest", fetch_max_wait_ms=100,
-                                    **self.client)
+                                    isolation_level="read_committed", **self.client)
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5,
                                     **self.client)
         prober = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0, **self.client)
@@ -370,6 +405,43 @@ class Bench:
         _log(f"latency: {len(lat['sql'])}/{probes} lead.sql p99 {self.result['sql_p99_ms']} ms,"
              f" {len(lat['assigned'])}/{probes} lead.assigned p99"
              f" {self.result['assigned_p99_ms']} ms ({queued} queued)")
+
+    # ---------------------------------------------------------------- routing ceiling
+
+    async def routing_ceiling(self, prefix: str, mix: Mix) -> None:
+        """The single routing partition's SQL rate. `routing_probes` probe leads whose one
+        touchpoint makes them SQL are sent at once; qualification (on every lead partition)
+        turns them into routing records faster than one routing partition can decide, so the
+        routing topic's committed offsets time the routing stage itself. Together with the
+        share of touchpoints that become SQLs in phase 1, that gives the touchpoint rate from
+        which routing is the bottleneck."""
+        topics = Topics.with_prefix(prefix)
+        count = self.config.routing_probes
+        now = datetime.now(UTC)
+        profiles = probe_profiles(self.run + "rc", count, now)
+        group = self.settings(prefix).app_id
+        routing = [TopicPartition(topics.routing, 0)]
+        admin = await self.admin()
+        try:
+            await produce(self.bootstrap, topics.profiles, profiles, self.client)
+            folded = len(mix.profiles) + int(self.result.get("latency_probes", 0)) + count
+            await sample_commits(admin, group, self.tps(topics.profiles), folded, 120,
+                                 self.procs.check, interval=0.2)
+            base = await committed_total(admin, group, routing)
+            touches = [(key, probe_touchpoint(key, datetime.now(UTC))) for key, _ in profiles]
+            sampler = asyncio.create_task(sample_commits(
+                admin, group, routing, base + count, self.config.phase_timeout,
+                self.procs.check, interval=0.1))
+            await produce(self.bootstrap, topics.touchpoints, touches, self.client)
+            samples = await sampler
+        finally:
+            await admin.close()
+        rate = throughput(samples, base + 0.1 * count, base + 0.9 * count)
+        sqls = await count_sqls(self.bootstrap, topics.transitions, self.client)
+        self.result.update(routing_sql_per_s=round(rate, 1),
+                           sql_per_touchpoint=round(sqls / max(1, len(mix.touchpoints)), 4))
+        _log(f"routing ceiling: {rate:,.0f} SQLs/s routed by the one routing partition;"
+             f" {sqls:,} SQLs in the run so far")
 
     # ---------------------------------------------------------------- raw and floor
 
@@ -492,7 +564,14 @@ class Bench:
         restored_rss = round(rss_mb(restored.process.pid if restored.process else None), 1)
         self.result["restored_worker_peak_rss_mb"] = restored_rss
         self.result["worker_peak_rss_mb"] = max(self.result["worker_peak_rss_mb"], restored_rss)
+        await self.routing_ceiling(prefix, mix)
         restored.kill()
+
+        if self.broker_kind == "kafka":  # Tansu runs at-least-once anyway
+            alo, (alo_worker,), _ = await self.router_phase(
+                mix, "r1alo", 1, env={"LEADROUTER_PROCESSING_GUARANTEE": "at_least_once"})
+            self.result["router_1w_alo_events_per_s"] = round(alo, 1)
+            alo_worker.kill()
 
         two, workers, _ = await self.router_phase(mix, "r2", 2)
         self.result["router_2w_events_per_s"] = round(two, 1)

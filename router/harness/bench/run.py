@@ -46,7 +46,8 @@ def run_bench(broker: str | None = None, quick: bool = False,
                 # does; they get its fetch wait the same way (inherited by every phase)
                 os.environ["LEADROUTER_BROKER_QUIRKS"] = "tansu"
         bench = Bench(cfg, broker, workdir, procs, run=run,
-                      broker_pids=embedded.pids if embedded else [])
+                      broker_pids=embedded.pids if embedded else [],
+                      broker_kind=embedded.kind if embedded else "kafka")
         result = asyncio.run(bench.all_phases())
     except KeyboardInterrupt:
         print("leadrouter bench: interrupted; every process it started is stopped",
