@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
 
 from router.harness.brokers import BrokerError, KafkaBroker, kafka_jars, local_broker
-from router.harness.brokers.common import die_with_parent
+from router.harness.brokers.common import die_with_parent, free_ports
 from router.harness.brokers.kafka import min_heap, new_cluster_id
 
 
@@ -135,3 +136,13 @@ def test_cluster_ids_never_look_like_an_option() -> None:
     ids = {new_cluster_id() for _ in range(2000)}
     assert len(ids) == 2000
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_a_cluster_never_gets_the_same_port_twice(tmp_path: Path) -> None:
+    for _ in range(20):
+        broker = KafkaBroker(nodes=3, data_dir=tmp_path / "c", port=free_ports(1)[0]).plan()
+        ports = [p for n in broker.members for p in (n.port, n.controller_port)]
+        assert len(set(ports)) == 6, ports
+        assert broker.members[0].port == broker.port
+        shutil.rmtree(tmp_path / "c")
+    assert len(set(free_ports(50))) == 50

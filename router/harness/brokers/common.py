@@ -35,9 +35,29 @@ class LocalBroker(Protocol):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1", avoid: frozenset[int] = frozenset()
+               ) -> list[int]:
+    """`count` distinct free ports. All are held open until all are chosen: asking one at a
+    time can hand out the same port twice (it is free again once the probe closes), which
+    gave a node the same port for its broker and controller listeners."""
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            if int(s.getsockname()[1]) in avoid:
+                held.append(s)  # keep it bound so it is not offered again, but skip it
+                count += 1
+                continue
+            held.append(s)
+        return [int(s.getsockname()[1]) for s in held
+                if int(s.getsockname()[1]) not in avoid]
+    finally:
+        for s in held:
+            s.close()
 
 
 def wait_for_port(host: str, port: int, timeout: float) -> bool:

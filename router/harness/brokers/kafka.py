@@ -24,7 +24,7 @@ from router.harness.brokers.common import (
     BrokerError,
     answers_api_versions,
     die_with_parent,
-    free_port,
+    free_ports,
 )
 from router.harness.brokers.kafka_jars import KAFKA_VERSION, jar_dir, logging_backend
 
@@ -128,10 +128,11 @@ class KafkaBroker:
         if self.members:
             return self
         root = self._root()
-        ports = [self.port or free_port(self.host)] + [free_port(self.host)
-                                                       for _ in range(self.nodes - 1)]
+        fixed = frozenset({self.port}) if self.port else frozenset()
+        fresh = free_ports(2 * self.nodes - (1 if self.port else 0), self.host, avoid=fixed)
+        ports = ([self.port] if self.port else []) + fresh
         self.members = [
-            KafkaNode(i + 1, self.host, ports[i], free_port(self.host), root / f"node-{i + 1}")
+            KafkaNode(i + 1, self.host, ports[i], ports[self.nodes + i], root / f"node-{i + 1}")
             for i in range(self.nodes)
         ]
         self._reuse_controller_ports(root)
