@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from router.adapters.tansu_quirks import fetch_end_offsets
 from router.adapters.topics import Topics
@@ -184,14 +185,30 @@ async def probe(run: ChaosRun, broker: Broker, result: FaultResult) -> None:
     await producer.start()
     try:
         now = datetime.now(UTC).isoformat()
-        await producer.send_and_wait(run.topics.profiles, orjson.dumps({
+        await send_retrying(producer, run.topics.profiles, lead, orjson.dumps({
             "lead_id": lead, "updated_at": now, "seniority": "vp", "country": "US",
-            "company": {"employees": 500, "industry": "saas"}}), key=lead.encode())
-        await producer.send_and_wait(run.topics.touchpoints, orjson.dumps({
+            "company": {"employees": 500, "industry": "saas"}}))
+        await send_retrying(producer, run.topics.touchpoints, lead, orjson.dumps({
             "event_id": f"{lead}-demo", "lead_id": lead, "type": "demo_request",
-            "occurred_at": now}), key=lead.encode())
+            "occurred_at": now}))
     finally:
         await producer.stop()
+
+
+async def send_retrying(producer: AIOKafkaProducer, topic: str, key: str, value: bytes,
+                        within: float = 120.0) -> None:
+    """The probe is sent during a broker fault: aiokafka gives up on a batch whose leader is
+    a stopped node (NodeNotReadyError) instead of waiting for the new leader, so try again
+    until the cluster takes it (bounded), as a real producer's caller would."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await producer.send_and_wait(topic, value, key=key.encode())
+            return
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1.0)
 
 
 async def traffic(run: ChaosRun, broker: Broker, stop: asyncio.Event) -> None:
