@@ -540,7 +540,9 @@ class Bench:
              f" {min(sizes)}-{max(sizes)} B, {len(mix.reps)} reps in {mix.pools} pools")
         self.result.update(leads=len(mix.profiles), touchpoints=len(mix.touchpoints),
                            reps=len(mix.reps), pools=mix.pools, partitions=cfg.partitions,
-                           mode=cfg.mode, store=self.settings("").store)
+                           mode=cfg.mode, store=self.settings("").store,
+                           guarantee="exactly_once" if self.broker_kind == "kafka"
+                           else "at_least_once")
 
         one, (worker,), r1 = await self.router_phase(mix, "r1", 1)
         self.result["router_1w_events_per_s"] = round(one, 1)
