@@ -20,17 +20,19 @@ import asyncio
 import base64
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from router.adapters.tansu_quirks import fetch_end_offsets
-from router.domain.events import format_rfc3339
+from router.adapters.wire import Refused, decode
+from router.domain.events import NamedAccount, Rep, format_rfc3339
+from router.domain.rules import Rules
 from router.settings import bootstrap_servers
 
 FORMAT_VERSION = 1
@@ -328,3 +330,26 @@ def load_history(history_file: str | None, broker: str, prefix: str, wanted: Seq
         return restrict(history, rng, warmup)
     return asyncio.run(read_broker(broker, prefix, wanted, rng, warmup))
 
+
+M = TypeVar("M", Rep, NamedAccount)
+
+
+def latest_by_key(records: Iterable[HistoryRecord], model: type[M], rules: Rules,
+                  on_invalid: Callable[[HistoryRecord, str], None] | None = None
+                  ) -> dict[str, M]:
+    """What a compacted topic (roster, named accounts) finally holds: the newest valid value
+    per key, tombstones removed. A key lives on one partition, so its order is the offset
+    order there; an invalid record is skipped (and reported to `on_invalid`), as the worker
+    ignores it."""
+    out: dict[str, M] = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        key = (r.key or b"").decode("utf-8", "replace")
+        if r.value is None:
+            out.pop(key, None)
+            continue
+        try:
+            out[key] = decode(model, None, r.value, rules)
+        except Refused:
+            if on_invalid is not None:
+                on_invalid(r, key)
+    return out

@@ -45,6 +45,7 @@ from router.tools.history import (
     HistoryError,
     HistoryRecord,
     TimeRange,
+    latest_by_key,
     load_history,
     time_range,
 )
@@ -52,22 +53,6 @@ from router.tools.replay import RANK_STAGE, Decided, ReplayResult, default_worke
 
 SAMPLE = 25
 HOLDING = frozenset({"lead.assigned", "lead.reassigned"})
-
-
-def latest_state(records: Sequence[HistoryRecord], model: type[Rep] | type[NamedAccount],
-                 rules: Rules) -> dict[str, Any]:
-    """The final content of a compacted topic: latest valid value per key."""
-    out: dict[str, Any] = {}
-    for r in sorted(records, key=lambda r: (r.timestamp, r.offset)):
-        key = (r.key or b"").decode("utf-8", "replace")
-        if r.value is None:
-            out.pop(key, None)
-            continue
-        try:
-            out[key] = decode(model, None, r.value, rules)
-        except Refused:
-            continue
-    return out
 
 
 @dataclass
@@ -334,7 +319,7 @@ class Simulation:
 def simulate(history: History, baseline: Rules, candidate: Rules, rng: TimeRange,
              workers: int = 1, progress: bool = False) -> Simulation:
     inputs = [*history.topic(PROFILES), *history.topic(TOUCHPOINTS), *history.topic(ACTIVITY)]
-    accounts = latest_state(history.topic(ACCOUNTS), NamedAccount, baseline)
+    accounts = latest_by_key(history.topic(ACCOUNTS), NamedAccount, baseline)
     refused_activity = not_holder_activity(history.topic(ACTIVITY), history.topic(ASSIGNMENTS))
     started = time.perf_counter()
     result = replay(inputs, [baseline, candidate], accounts.keys(), count_from=rng.start,
@@ -344,7 +329,7 @@ def simulate(history: History, baseline: Rules, candidate: Rules, rng: TimeRange
     sales = SalesHistory.from_records([r for r in history.topic(ACTIVITY) if (
         r.topic, r.partition, r.offset) not in refused_activity], baseline)
     rep_updates = _rep_updates(history.topic(REPS), baseline)
-    roster = latest_state(history.topic(REPS), Rep, baseline)
+    roster = latest_by_key(history.topic(REPS), Rep, baseline)
     # without an end, every release in the history counts (an activity's own time may be a
     # moment after its record's)
     end = rng.end if rng.end is not None else float("inf")

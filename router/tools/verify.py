@@ -41,7 +41,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -50,7 +50,14 @@ from router.adapters.wire import Refused, decode
 from router.domain.events import LeadProfile, NamedAccount, Rep, Stage, Touchpoint
 from router.domain.rules import Rules, load_rules
 from router.settings import bootstrap_servers
-from router.tools.history import PROFILES, TOUCHPOINTS, HistoryRecord, read_topic
+from router.tools.history import (
+    PROFILES,
+    TOUCHPOINTS,
+    HistoryRecord,
+    M,
+    latest_by_key,
+    read_topic,
+)
 from router.tools.replay import decode_records, replay_events
 
 ROUND_ROBIN_RULES = frozenset({"round_robin", "language_round_robin", "fallback",
@@ -347,23 +354,13 @@ def check_dead_letters(report: Report, letters: list[dict[str, Any]],
             report.violation(f"dead letter for {d['source_topic']}@{d['offset']}: key differs")
 
 
-M = TypeVar("M", Rep, NamedAccount)
 
 
 def _latest(report: Report, records: list[HistoryRecord], model: type[M],
             rules: Rules) -> dict[str, M]:
-    """The final content of a compacted topic: latest value per key, tombstones removed."""
-    out: dict[str, M] = {}
-    for r in records:
-        key = (r.key or b"").decode("utf-8", "replace")
-        if r.value is None:
-            out.pop(key, None)
-            continue
-        try:
-            out[key] = decode(model, None, r.value, rules)
-        except Refused:
-            report.notes.append(f"{r.topic} record {key!r} is invalid and was ignored")
-    return out
+    """The compacted topic's final content; invalid records become notes of the report."""
+    return latest_by_key(records, model, rules, lambda r, key: report.notes.append(
+        f"{r.topic} record {key!r} is invalid and was ignored"))
 
 
 def _ts(text: str) -> float:
