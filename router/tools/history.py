@@ -247,14 +247,14 @@ def restrict(history: History, rng: TimeRange, warmup: float = 0.0) -> History:
 
 
 async def read_topic(bootstrap: list[str], topic: str, start: float | None = None,
-                     timeout: float = 120.0, isolation_level: str = "read_uncommitted"
-                     ) -> list[HistoryRecord]:
+                     timeout: float = 120.0, isolation_level: str = "read_uncommitted",
+                     client: dict[str, Any] | None = None) -> list[HistoryRecord]:
     """Every record of `topic` from `start` (epoch s) up to the end offsets taken first: a
     bounded read, so a topic that keeps growing (a live deployment) still finishes.
     `read_committed` (exactly-once checks) stops at the last stable offset instead."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 fetch_max_wait_ms=100, max_partition_fetch_bytes=8 << 20,
-                                isolation_level=isolation_level)
+                                isolation_level=isolation_level, **(client or {}))
     await consumer.start()
     try:
         parts = consumer.partitions_for_topic(topic)

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from router.adapters.topics import Topics
 from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
+from router.tools.history import read_topic
 from tests.integration.conftest import new_prefix, send, start_worker, wait_processed
 from tests.integration.test_qualification_stream import touch
 
@@ -45,28 +46,7 @@ async def changelog_end_total(bootstrap: str, topic: str) -> int:
 async def changelog_records(bootstrap: str, topic: str) -> int:
     """Records a restore would read now: every record from the beginning of every partition
     (read_committed, as the worker's restore reads)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        if not tps:
-            await consumer._client.force_metadata_update()
-            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        count = 0
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            positions = {tp: await consumer.position(tp) for tp in tps}
-            if all(positions[tp] >= ends[tp] for tp in tps):
-                break
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                count += len(records)
-        return count
-    finally:
-        await consumer.stop()
+    return len(await read_topic([bootstrap], topic, isolation_level="read_committed"))
 
 
 async def test_a_memory_store_restore_reads_only_live_keys_after_a_long_history(

@@ -68,6 +68,7 @@ from router.harness.bench.measure import (
 from router.harness.bench.report import add_ratios
 from router.harness.workers import WorkerProcess
 from router.settings import Settings, bootstrap_servers, from_env
+from router.tools.history import read_topic
 
 
 @dataclass(frozen=True)
@@ -118,29 +119,9 @@ class Processes:
 
 async def count_sqls(bootstrap: list[str], topic: str, client: dict[str, Any]) -> int:
     """lead.sql records on `topic` so far (read_committed: what downstream sees)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed", **client)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        count = 0
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(p >= ends[tp] for p, tp in zip(positions, tps, strict=True)):
-                break
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                count += sum(1 for r in records if r.value and b'"lead.sql"' in r.value)
-        return count
-    finally:
-        await consumer.stop()
+    records = await read_topic(bootstrap, topic, isolation_level="read_committed",
+                               client=client)
+    return sum(1 for r in records if r.value and b'"lead.sql"' in r.value)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -62,6 +62,8 @@ def add_ratios(result: dict[str, Any]) -> dict[str, Any]:
     if out.get("router_1w_alo_events_per_s"):  # exactly-once against at-least-once
         out["eos_cost"] = round(1 - ratio(out["router_1w_events_per_s"],
                                           out["router_1w_alo_events_per_s"]), 3)
+    # peak RSS includes the process's own ~100 MB, so the scaled figure means something at the
+    # full run's 100k leads (scale 1), not in a --quick run
     if out.get("leads") and "worker_peak_rss_mb" in out:
         out["rss_mb_per_100k_leads"] = round(out["worker_peak_rss_mb"] * 100_000
                                              / out["leads"], 1)
