@@ -105,7 +105,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench_latency(args: argparse.Namespace) -> int:
     from router.harness.bench.latency import run_latency_bench
 
-    return run_latency_bench(samples=args.samples, rate=args.rate, broker=args.broker)
+    if args.compare:
+        from router.harness.bench.latency_compare import run_compare
+
+        return run_compare(samples=args.samples, rate=args.rate, isolation=args.isolation)
+    return run_latency_bench(samples=args.samples, rate=args.rate, broker=args.broker,
+                             isolation=args.isolation)
 
 
 def _cmd_bench_sla(args: argparse.Namespace) -> int:
@@ -311,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--rate", type=float, default=200.0, help="triggering touchpoints per second")
     p.add_argument("--broker", default=None, help="existing broker URL (with a running worker)")
+    p.add_argument("--isolation", choices=("read_committed", "read_uncommitted"),
+                   default="read_committed",
+                   help="the reader's isolation level (read_committed: what downstream sees of"
+                        " an exactly-once worker)")
+    p.add_argument("--compare", action="store_true",
+                   help="one column per transaction switch and broker setting, each on a fresh"
+                        " local broker and worker (router/harness/bench/latency_compare.py)")
     p.set_defaults(func=_cmd_bench_latency)
 
     p = sub.add_parser("verify", help="check a run's outputs against its inputs (exit 1 on"

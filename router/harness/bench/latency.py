@@ -6,7 +6,10 @@ Each sample is a distinct fit decision-maker lead whose profile was loaded befor
 `demo_request` makes it SQL at once (direct path), so every touchpoint triggers one `lead.sql`,
 which the routing stage assigns to one of five reps with room for every sample.
 Times are taken in this process with a monotonic clock: before `send()` and on receipt by a
-plain aiokafka consumer (fetch_max_wait 100 ms, like the worker's).
+plain aiokafka consumer (fetch_max_wait 100 ms, like the worker's). The reader is
+read_committed by default: what a downstream consumer of an exactly-once worker must set, so
+the figure includes the transaction's commit (read_uncommitted would see the outputs as soon
+as they are appended, before the commit, and may see aborted ones).
 """
 
 from __future__ import annotations
@@ -33,14 +36,15 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def _measure(bootstrap: list[str], topics: Topics, samples: int, rate: float
-                   ) -> dict[str, float]:
+async def _measure(bootstrap: list[str], topics: Topics, samples: int, rate: float,
+                   isolation: str) -> dict[str, float | str]:
     run = uuid.uuid4().hex[:6]
     leads = [f"B-{run}-{i}" for i in range(samples)]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     consumer = AIOKafkaConsumer(topics.transitions, topics.assignments,
                                 bootstrap_servers=bootstrap,
-                                auto_offset_reset="latest", fetch_max_wait_ms=100)
+                                auto_offset_reset="latest", fetch_max_wait_ms=100,
+                                isolation_level=isolation)
     await producer.start()
     await consumer.start()
     try:
@@ -93,7 +97,8 @@ async def _measure(bootstrap: list[str], topics: Topics, samples: int, rate: flo
         await consumer.stop()
     if not latencies["sql"] or not latencies["assigned"]:
         raise RuntimeError("no lead.sql or lead.assigned arrived: is a worker running?")
-    out: dict[str, float] = {"samples": samples, "rate_per_s": rate}
+    out: dict[str, float | str] = {"samples": samples, "rate_per_s": rate,
+                                   "reader_isolation": isolation}
     for name, values in latencies.items():
         ms = [x * 1000 for x in values]
         out[f"{name}_received"] = len(ms)
@@ -104,19 +109,31 @@ async def _measure(bootstrap: list[str], topics: Topics, samples: int, rate: flo
     return out
 
 
-def run_latency_bench(samples: int, rate: float, broker: str | None) -> int:
+def measure_local(samples: int, rate: float, isolation: str, name: str = "bench",
+                  env: dict[str, str] | None = None,
+                  broker_config: dict[str, str] | None = None) -> dict[str, float | str]:
+    """One fresh local broker and worker (`env` for the worker), measured once."""
+    with local_router(Path(".leadrouter"), name, env=env,
+                      broker_config=broker_config) as (embedded, _worker):
+        return asyncio.run(_measure([embedded.bootstrap], Topics.with_prefix(""), samples,
+                                    rate, isolation))
+
+
+def run_latency_bench(samples: int, rate: float, broker: str | None,
+                      isolation: str = "read_committed") -> int:
     topics = Topics.with_prefix("")
     if broker is not None:
-        result = asyncio.run(_measure(bootstrap_servers(broker), topics, samples, rate))
+        result = asyncio.run(_measure(bootstrap_servers(broker), topics, samples, rate,
+                                      isolation))
         print(orjson.dumps({"bench": "touchpoint_latency", **result}).decode())
         return 0
     try:
-        with local_router(Path(".leadrouter"), "bench") as (embedded, _worker):
-            result = asyncio.run(_measure([embedded.bootstrap], topics, samples, rate))
+        result = measure_local(samples, rate, isolation)
     except (RuntimeError, TimeoutError) as exc:
         print(f"bench-latency: {exc} (logs in .leadrouter/)", file=sys.stderr)
         return 1
-    print(f"one worker, embedded broker, {rate:.0f} triggering touchpoints/s offered:")
+    print(f"one worker, embedded broker, {rate:.0f} triggering touchpoints/s offered,"
+          f" reader {isolation}:")
     for name in ("sql", "assigned"):
         print(f"  touchpoint -> lead.{name:<8} readable: {result[name + '_received']:.0f}"
               f"/{samples}  p50 {result[name + '_p50_ms']} ms  p95 {result[name + '_p95_ms']}"
