@@ -111,12 +111,14 @@ class WorkerProcess:
 
 @contextlib.contextmanager
 def local_router(workdir: Path, name: str, env: dict[str, str] | None = None,
-                 ready_timeout: float = 90, kind: str | None = None
+                 ready_timeout: float = 90, kind: str | None = None,
+                 broker_config: dict[str, str] | None = None
                  ) -> Iterator[tuple[KafkaBroker | TansuBroker, WorkerProcess]]:
     """A local broker (`kind`, default LEADROUTER_LOCAL_BROKER) and one ready worker, both
     stopped on exit (benchmarks use it)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    with local_broker(kind, log_path=workdir / f"{name}-broker.log") as broker:
+    with local_broker(kind, log_path=workdir / f"{name}-broker.log",
+                      extra_config=broker_config) as broker:
         worker = WorkerProcess(broker.url, workdir / f"{name}-worker.log", env=env or {})
         try:
             worker.start()

@@ -38,17 +38,20 @@ def default_kind() -> str:
 
 def local_broker(kind: str | None = None, *, port: int = 0, nodes: int = 1,
                  data_dir: Path | None = None, log_path: Path | None = None,
-                 host: str = "127.0.0.1") -> KafkaBroker | TansuBroker:
+                 host: str = "127.0.0.1", extra_config: dict[str, str] | None = None
+                 ) -> KafkaBroker | TansuBroker:
     """A broker of `kind` (default: `default_kind()`), not yet started."""
     kind = kind or default_kind()
     if kind == "tansu":
         if nodes != 1 or data_dir is not None:
             raise BrokerError("Tansu runs one node and keeps nothing on disk: --nodes and"
                               " --data-dir need the Apache Kafka broker")
+        if extra_config:
+            raise BrokerError("broker settings apply to the Apache Kafka broker only")
         return TansuBroker(host=host, port=port, log_path=log_path)
     if kind == "kafka":
         return KafkaBroker(host=host, port=port, nodes=nodes, data_dir=data_dir,
-                           log_path=log_path)
+                           log_path=log_path, extra_config=dict(extra_config or {}))
     raise BrokerError(f"unknown broker kind {kind!r}: choose one of {', '.join(KINDS)}")
 
 

@@ -96,6 +96,8 @@ class KafkaBroker:
     heap: str = DEFAULT_HEAP
     start_timeout: float = 90.0
     log_path: Path | None = None  # node 1's log is copied here on stop (tests keep it)
+    # broker settings added to (or replacing) the defaults below: what a benchmark compares
+    extra_config: dict[str, str] = field(default_factory=dict)
     kind: str = field(default="kafka", init=False)
     members: list[KafkaNode] = field(default_factory=list, init=False)
     _temp_root: Path | None = field(default=None, init=False)
@@ -256,6 +258,7 @@ class KafkaBroker:
             # Kafka's own test kit: the cleaner's 128 MB dedupe buffer is for real loads
             "log.cleaner.dedupe.buffer.size": 2 * 1024 * 1024,
             "log.cleaner.backoff.ms": 1000,
+            **self.extra_config,
         }
         node.config_path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         backend = logging_backend(self.version)

@@ -70,6 +70,7 @@ from router.worker.pipeline.core import (
     resume_positions,
 )
 from router.worker.pipeline.store import INPUT_OFFSETS, PartitionStore, encode_offsets, open_store
+from router.worker.pipeline.txn_tuning import TxnTuning
 
 log = logging.getLogger(__name__)
 trace = logging.getLogger("router.trace")
@@ -127,6 +128,8 @@ class PartitionProcessor:
         self.bootstrap = bootstrap_servers(settings.broker)
         self.client = settings.kafka_client_kwargs()
         self.core = Ownership({t: s.name for s in stages for t in s.topics})
+        self.tuning = TxnTuning.from_env()
+        self.tuning.apply()
         self.stores: dict[TaskId, PartitionStore] = {}
         self.producers: dict[TaskId, AIOKafkaProducer] = {}  # exactly-once: one per task
         self.restored: Counter[str] = Counter({s.table: 0 for s in stages})
@@ -309,7 +312,8 @@ class PartitionProcessor:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", linger_ms=1,
             transactional_id=f"{self.settings.app_id}-{p.task.id.stage}-{p.task.id.partition}",
-            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS, **self.client)
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+            retry_backoff_ms=self.tuning.retry_backoff_ms, **self.client)
         p.producer = producer
         await producer.start()
         # aiokafka's only public wait for InitProducerId: an empty transaction
@@ -416,11 +420,13 @@ class PartitionProcessor:
             # 1. begin: everything below becomes visible to read_committed readers together
             await producer.begin_transaction()
             # 2. the outputs (transitions, assignments, routing records, dead letters...)
-            for out in result.outputs:
-                await producer.send(out.topic, out.value, key=out.key, partition=out.partition)
+            acks = [await producer.send(out.topic, out.value, key=out.key,
+                                        partition=out.partition) for out in result.outputs]
             # 3. the state, on the task's own changelog partition, with the input offsets
             sent = await _send_changelog(producer, stage.changelog, task_id.partition,
                                          result.writes)
+            if self.tuning.acks_before_offsets:  # why: txn_tuning.py
+                await asyncio.gather(*acks, *(future for _count, future in sent))
             # 4. the consumed offsets: the group's commit happens with the transaction's
             await producer.send_offsets_to_transaction(offsets, self.group_id)
             # 5. commit: all of it, or (on any failure before this returns) none of it
