@@ -22,14 +22,15 @@ class Column:
     broker_config: dict[str, str] = field(default_factory=dict)
 
 
-STOCK = "concurrent_txn_backoff_ms=20,acks_before_offsets=0"
+STOCK = "concurrent_txn_backoff_ms=20,acks_before_offsets=0,overlap_commits=0"
 COLUMNS = (
-    Column("aiokafka stock", {ENV: STOCK}),
-    Column("stock, broker verification off", {ENV: STOCK},
+    Column("before (aiokafka as shipped)", {ENV: STOCK}),
+    Column("before, broker verification off", {ENV: STOCK},
            {"transaction.partition.verification.enable": "false"}),
     Column("+ 2 ms concurrent-txn backoff",
-           {ENV: "concurrent_txn_backoff_ms=2,acks_before_offsets=0"}),
-    Column("+ acks before offsets (default)", {}),
+           {ENV: "concurrent_txn_backoff_ms=2,acks_before_offsets=0,overlap_commits=0"}),
+    Column("+ acks before offsets", {ENV: "overlap_commits=0"}),
+    Column("+ overlapped commits (default)", {}),
     Column("default + retry_backoff_ms 10", {ENV: "retry_backoff_ms=10"}),
     Column("at-least-once (for reference)", {"LEADROUTER_PROCESSING_GUARANTEE": "at_least_once"}),
 )

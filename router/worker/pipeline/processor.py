@@ -1,7 +1,7 @@
 """The partition processor's runtime: one consumer-group member on plain aiokafka, batched,
 exactly-once on Apache Kafka, at-least-once on brokers without transactions (Tansu).
 
-Loop (one coroutine, so batches never overlap):
+Loop (one coroutine decides; with exactly-once a task's commit runs beside the loop):
   1. initialise the tasks that need it (new assignment, or reset after a fenced producer):
      a. exactly-once: start the task's transactional producer (transactional_id
         "{app_id}-{stage}-{partition}"). Its InitProducerId bumps the id's epoch, which fences
@@ -16,11 +16,18 @@ Loop (one coroutine, so batches never overlap):
   2. getmany, split by task (core.split: only active tasks' records are processed);
   3. per task, the stage's pure handler decides (outputs + state writes);
   4. commit, exactly-once, per task, in ONE transaction of the task's producer:
-        begin -> outputs -> changelog (state + input offsets) -> consumed offsets
-        (send_offsets_to_transaction, the group's commit) -> commit_transaction
+        begin -> outputs -> changelog (state + input offsets) -> produce acks ->
+        consumed offsets (send_offsets_to_transaction, the group's commit) -> commit
      and only then write the local store and advance the positions. An abort leaves the
      store untouched and the task seeks back; a fenced producer abandons the batch and drops
-     the task's state (it is initialised again, or handed over by the rebalance that follows);
+     the task's state (it is initialised again, or handed over by the rebalance that follows).
+     The commit runs as its own asyncio task while the loop fetches and decides the next
+     batch (aiokafka sends no new fetch to a broker while fetched records wait unread, so a
+     loop that waited for its commits delayed every record that arrived meanwhile by a whole
+     batch). A task's next batch is decided only after its own commit is known: its store
+     must hold the previous batch, and if that batch was not committed the records fetched
+     since are dropped and the task seeks back to its positions. A revocation, stop or
+     reassignment first waits for every commit in flight;
   4'. at-least-once (Tansu): outputs sent and acked, then the changelog records acked, then
      the local store written, then the offsets committed. A crash between two steps replays
      the batch: same outputs with the same deterministic event ids (consumers drop repeats).
@@ -79,6 +86,7 @@ trace.setLevel(logging.DEBUG if os.environ.get("LEADROUTER_TRACE") == "1" else l
 FENCED = (ProducerFenced, InvalidProducerEpoch)
 RETRY_SECONDS = 1.0
 IDLE_FETCH_MS = 100
+HELD_POLL_MS = 2
 CLOSE_TIMEOUT_SECONDS = 5.0
 # a transaction left open by a crashed worker holds back every read_committed reader of the
 # partitions it wrote until the new owner fences it or this timeout aborts it
@@ -137,6 +145,11 @@ class PartitionProcessor:
         self.assigned_once = False
         self.started = False
         self._lock = asyncio.Lock()
+        # exactly-once: each task's commit in flight (True: committed and applied), and the
+        # records fetched meanwhile for those tasks (decided once their commit is known)
+        self._inflight: dict[TaskId, asyncio.Task[bool]] = {}
+        self._held: dict[TopicPartition, list[Any]] = {}
+        self._batch_timers: set[asyncio.Task[None]] = set()
         self._retry_at: dict[TaskId, float] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -175,6 +188,7 @@ class PartitionProcessor:
 
     async def stop(self) -> None:
         async with self._lock:  # the batch in flight finishes first
+            await self._drain()
             self.started = False
             for task in self.core.lost():
                 await self._close(task.id)
@@ -212,11 +226,13 @@ class PartitionProcessor:
             # round trips are shared by up to batch_size records of each partition
             most = self.settings.batch_size * max(1, len(self.core.tasks))
             try:
-                fetched = await self.consumer.getmany(timeout_ms=wait_ms, max_records=most)
+                # records held for a commit in flight: look again soon (its outcome decides)
+                fetched = await self.consumer.getmany(
+                    timeout_ms=HELD_POLL_MS if self._held else wait_ms, max_records=most)
             except KafkaError as exc:
                 log.warning("fetch failed; retrying", extra={"error": repr(exc)})
                 fetched = {}
-            if fetched:
+            if fetched or self._held:
                 async with self._lock:
                     await self._process(fetched)
             else:
@@ -226,11 +242,13 @@ class PartitionProcessor:
 
     async def on_revoked(self) -> None:
         async with self._lock:  # let the batch in flight finish (and commit) first
+            await self._drain()
             self.core.revoke_all()
             trace.debug("revoked", extra={"generation": self.core.generation})
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
+            await self._drain()
             # aiokafka has no public accessor for the generation it just joined (faust read
             # the same attribute); core.assign needs it to tell a kept task from a missed one
             generation = int(getattr(self.consumer._coordinator, "generation", -1))
@@ -251,6 +269,47 @@ class PartitionProcessor:
                 "kept": [str(t.id) for t in changes.kept],
                 "started": [str(t.id) for t in changes.started],
                 "dropped": [str(t.id) for t in changes.dropped]})
+
+    async def _drain(self) -> None:
+        """Wait for every commit in flight (each applies its own outcome) and forget the
+        records held for them: the tasks resume from their positions, so a kept task fetches
+        them again and a revoked one leaves them to its next owner."""
+        if self._inflight:
+            await asyncio.gather(*self._inflight.values())
+        self._inflight = {}
+        self._held = {}
+
+    def _admit(self, fetched: dict[TopicPartition, list[Any]]
+               ) -> dict[TopicPartition, list[Any]]:
+        """The records that may be decided now. A task whose commit is still in flight keeps
+        its records aside (they need the store that commit writes); a task whose last commit
+        failed loses the records fetched since (they follow a batch that must be processed
+        again) and seeks back to its positions, so they are fetched again in order."""
+        failed: set[TaskId] = set()
+        for task_id, commit in list(self._inflight.items()):
+            if commit.done():
+                del self._inflight[task_id]
+                if not commit.result():
+                    failed.add(task_id)
+        merged = self._held
+        for tp, rs in fetched.items():
+            merged[tp] = merged[tp] + rs if tp in merged else rs
+        self._held = {}
+        ready: dict[TopicPartition, list[Any]] = {}
+        for tp, rs in merged.items():
+            owner = self.core.task_of(tp) if tp.topic in self.core.stage_of_topic else None
+            if owner in failed:
+                continue
+            if owner in self._inflight:
+                self._held[tp] = rs
+            else:
+                ready[tp] = rs
+        for task_id in failed:
+            task = self.core.tasks.get(task_id)
+            if task is not None and task.phase is Phase.ACTIVE:
+                with contextlib.suppress(IllegalStateError):
+                    self._seek(task)
+        return ready
 
     def _seek(self, task: Task) -> None:
         for tp in task.inputs:
@@ -382,6 +441,10 @@ class PartitionProcessor:
 
     async def _process(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         started = time.perf_counter()
+        if sum(len(rs) for rs in self._held.values()) > self.settings.batch_size * 4:
+            await asyncio.wait(self._inflight.values())  # the broker is behind: wait for it
+        if self._inflight or self._held:
+            fetched = self._admit(fetched)
         by_task = self.core.split(fetched)
         if not by_task:
             return
@@ -404,18 +467,51 @@ class PartitionProcessor:
             inputs = {tp.topic: o for tp, o in {**task.positions, **offsets}.items()}
             result.writes.append((INPUT_OFFSETS, encode_offsets(inputs)))
             decided.append((task_id, epoch, offsets, result))
+        handled = time.perf_counter()
+        oldest: dict[str, int] = {}  # per input topic, for the hop breakdown (tracing only)
+        if trace.isEnabledFor(logging.DEBUG):
+            for tp, rs in fetched.items():
+                if rs:
+                    oldest[tp.topic] = min(oldest.get(tp.topic, rs[0].timestamp),
+                                           rs[0].timestamp)
         if self.exactly_once:
-            await asyncio.gather(*(self._transact(*d) for d in decided))
+            commits = []
+            for d in decided:
+                commit = asyncio.create_task(self._transact(*d))
+                self._inflight[d[0]] = commit
+                commits.append(commit)
+            timer = asyncio.create_task(self._time_batch(started, handled, oldest, count,
+                                                         commits))
+            self._batch_timers.add(timer)
+            timer.add_done_callback(self._batch_timers.discard)
+            if not self.tuning.overlap_commits:
+                await asyncio.wait(commits)
         else:
             await self._at_least_once(decided)
+            await self._time_batch(started, handled, oldest, count, [])
+
+    async def _time_batch(self, started: float, handled: float, oldest: dict[str, int],
+                          count: int,
+                          commits: Sequence[asyncio.Task[bool]]) -> None:
+        handled_wall = time.time() * 1000 - (time.perf_counter() - handled) * 1000
+        if commits:
+            await asyncio.wait(commits)
         BATCH_EVENTS.observe(count)
         BATCH_SECONDS.observe(time.perf_counter() - started)
+        if trace.isEnabledFor(logging.DEBUG):  # LEADROUTER_TRACE=1: the hop breakdown
+            trace.debug("batch timing", extra={
+                "tasks": len(commits), "records": count,
+                "input_age_ms": {t: round(handled_wall - ts, 1) for t, ts in oldest.items()},
+                "handle_ms": round((handled - started) * 1000, 2),
+                "commit_ms": round((time.perf_counter() - handled) * 1000, 2)})
 
     async def _transact(self, task_id: TaskId, epoch: int,
-                        offsets: dict[TopicPartition, int], result: TaskResult) -> None:
-        """Exactly-once: outputs, changelog and consumed offsets in ONE transaction."""
+                        offsets: dict[TopicPartition, int], result: TaskResult) -> bool:
+        """Exactly-once: outputs, changelog and consumed offsets in ONE transaction. True
+        when the batch was committed and applied to the task's store and positions."""
         producer = self.producers[task_id]
         stage = self.stages[task_id.stage]
+        clock = _StepClock() if trace.isEnabledFor(logging.DEBUG) else None
         try:
             # 1. begin: everything below becomes visible to read_committed readers together
             await producer.begin_transaction()
@@ -425,28 +521,41 @@ class PartitionProcessor:
             # 3. the state, on the task's own changelog partition, with the input offsets
             sent = await _send_changelog(producer, stage.changelog, task_id.partition,
                                          result.writes)
+            if clock:
+                clock.step("queue")
             if self.tuning.acks_before_offsets:  # why: txn_tuning.py
                 await asyncio.gather(*acks, *(future for _count, future in sent))
+            if clock:
+                clock.step("add_partitions_and_produce")
             # 4. the consumed offsets: the group's commit happens with the transaction's
             await producer.send_offsets_to_transaction(offsets, self.group_id)
+            if clock:
+                clock.step("offsets")
             # 5. commit: all of it, or (on any failure before this returns) none of it
             await producer.commit_transaction()
+            if clock:
+                clock.step("end_txn")
             last = await _last_offset(sent)
         except FENCED as exc:
             # another worker owns this task now (its producer took our transactional id):
             # abandon the batch, drop the state; the rebalance that made it so reaches us
             await self._abandon(task_id, epoch, "fenced", exc, wait_for_rebalance=True)
-            return
+            return False
         except Exception as exc:  # a broker error, a timeout, a bug in a send path
             if await _abort(producer):  # outcome known: nothing of the batch is visible
                 self._rewind(task_id, epoch, "aborted", exc)
             else:
                 await self._abandon(task_id, epoch, "commit_unknown", exc)
-            return
+            return False
         # 6. only now the local store: an aborted transaction must leave no trace in it
-        if self.core.processed(task_id, epoch, offsets):
+        applied = self.core.processed(task_id, epoch, offsets)
+        if applied:
             self.stores[task_id].write(result.writes, last)
         _trace_commit(self.core.generation, offsets)
+        if clock:
+            trace.debug("txn", extra={"task": str(task_id), "outputs": len(result.outputs),
+                                      "writes": len(result.writes), "ms": clock.steps})
+        return applied
 
     async def _at_least_once(
         self, decided: list[tuple[TaskId, int, dict[TopicPartition, int], TaskResult]]
@@ -533,6 +642,19 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.processor.on_assigned(assigned)
+
+
+class _StepClock:
+    """Milliseconds per step of one transaction (LEADROUTER_TRACE=1: the hop breakdown)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def step(self, name: str) -> None:
+        now = time.perf_counter()
+        self.steps[name] = round((now - self._last) * 1000, 2)
+        self._last = now
 
 
 def _name(tp: TopicPartition) -> str:
