@@ -163,3 +163,11 @@ def prime(input_topics: list[str], refusal_reasons: tuple[str, ...], pools: list
         REJECTIONS.labels(reason)
     for reason in ABANDON_REASONS:
         BATCHES_ABANDONED.labels(reason)
+MISPLACED_RECORDS = Counter(
+    "leadrouter_misplaced_records_total",
+    "Input records whose key does not hash (murmur2, Kafka's default partitioner) to the"
+    " partition they arrived on, by topic: their producer uses another partitioner"
+    " (README, Producers).",
+    ["topic"],
+    registry=REGISTRY,
+)

@@ -233,6 +233,11 @@ def render_lead(view: Mapping[str, Any]) -> str:
     if q is None:
         lines.append("  not seen by the router (no touchpoint or profile for this lead_id)")
         return "\n".join(lines)
+    placed = q.get("partitioning")
+    if placed is not None:
+        found_on = ", ".join(map(str, placed["found_on_partitions"]))
+        lines.append(f"  partitions: found on {found_on}, its key hashes (murmur2) to"
+                     f" {placed['murmur2_partition']}: {placed['note']}")
     lines.append(f"  stage {q['stage'].upper()}  cycle {q['cycle']}  score {q['score']}"
                  f"  sla class {q['sla_class']}")
     for name, c in q["criteria"].items():

@@ -47,7 +47,15 @@ from router.domain.events import (
     Stage,
 )
 from router.domain.rules import Rules
-from router.metrics import ASSIGNED_PARTITIONS, CONSUMER_LAG, NAMED_ACCOUNTS, READY, REGISTRY
+from router.metrics import (
+    ASSIGNED_PARTITIONS,
+    CONSUMER_LAG,
+    MISPLACED_RECORDS,
+    NAMED_ACCOUNTS,
+    READY,
+    REGISTRY,
+)
+from router.service.partitioning import MisplacedKeys
 from router.service.qualifier import Output, Qualifier, Record
 from router.service.routing_stage import RoutingStage, forward_activity, tick
 from router.settings import Settings, bootstrap_servers
@@ -161,6 +169,7 @@ class RouterApp:
             fetch_max_wait_ms=settings.fetch_wait_ms(),
             client_kwargs=settings.kafka_client_kwargs(),
         )
+        self.misplaced = MisplacedKeys(settings.partitions)
         self.qualifier = Qualifier(
             rules, topics, __version__, lambda domain: domain in self.accounts.values
         )
@@ -201,6 +210,7 @@ class RouterApp:
     def _leads(self, partition: int, records: list[Record], store: PartitionStore,
                now: datetime) -> TaskResult:
         activity = self.topics.activity
+        self._check_partitioning(records)
         leads = [r for r in records if r.topic != activity]
         result = TaskResult()
         if leads:
@@ -211,6 +221,23 @@ class RouterApp:
             result.outputs += [forward_activity(r, self.rules, self.topics, now, __version__)
                                for r in records if r.topic == activity]
         return result
+
+    def _check_partitioning(self, records: list[Record]) -> None:
+        """Never silent about a producer with another partitioner (service/partitioning.py):
+        a metric per topic, and one warning per topic with an example key."""
+        before = dict(self.misplaced.counts)
+        for topic in self.misplaced.check(records):
+            key, arrived, expected = self.misplaced.examples[topic]
+            log.warning("records keyed for another partition: their producer does not use"
+                        " Kafka's default (murmur2) partitioner, so a lead whose records come"
+                        " from several producers is split across partitions (README,"
+                        " Producers)", extra={
+                            "topic": topic, "example_key": key.decode(errors="replace"),
+                            "arrived_on": arrived, "murmur2_partition": expected,
+                            "partitions": self.misplaced.partitions})
+        for topic, count in self.misplaced.counts.items():
+            if count != before.get(topic, 0):
+                MISPLACED_RECORDS.labels(topic).inc(count - before.get(topic, 0))
 
     def _route(self, partition: int, records: list[Record], store: PartitionStore,
                now: datetime) -> TaskResult:

@@ -6,6 +6,11 @@ any worker fetches each part locally or from its owner's internal endpoint and j
 router.service.inspection. Owners are found through the group's assignor, whose assignment
 carries every owner's web URL (`LEADROUTER_WEB_ADVERTISED_URL`, so workers must reach each
 other there). The views only read; nothing here changes state.
+
+A lead's records are where its producers put them: on the murmur2 partition of its id when
+they use Kafka's default partitioner, elsewhere when they do not (service/partitioning.py).
+The lead view looks on the murmur2 partition first, then on every other candidate, and says
+when it found the lead elsewhere or on several partitions.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 from aiohttp import web
-from aiokafka.partitioner import murmur2
 
 from router.domain.qualification import LeadState
 from router.domain.routing import RoutingState
 from router.service.inspection import lead_view, qualification_part, rep_view, routing_part
+from router.service.partitioning import candidate_partitions, murmur2_partition
 from router.service.routing_stage import OFFSET_KEY
 from router.worker.pipeline.core import LEADS, ROUTING
 
@@ -35,7 +40,7 @@ class NotAvailable(Exception):
 def lead_partition(lead_id: str, partitions: int) -> int:
     """The partition a producer's default (murmur2) partitioner picks for this lead_id key:
     the lead-state table is co-partitioned with the input topics, keyed the same way."""
-    return int(murmur2(lead_id.encode()) & 0x7FFFFFFF) % partitions
+    return murmur2_partition(lead_id.encode(), partitions)
 
 
 class StateReader(Protocol):
@@ -95,8 +100,7 @@ class Inspector:
 
     # ---- the two parts -----------------------------------------------------------------------
 
-    def local_qualification(self, lead_id: str) -> dict[str, Any] | None:
-        partition = lead_partition(lead_id, self.router_app.settings.partitions)
+    def local_qualification(self, lead_id: str, partition: int) -> dict[str, Any] | None:
         raw = self.lead_state.get(partition, lead_id.encode())
         if raw is None:
             return None
@@ -112,20 +116,38 @@ class Inspector:
                    if k.decode() != OFFSET_KEY}
         return RoutingState.load(records)
 
-    def owns_lead(self, lead_id: str) -> bool:
-        partition = lead_partition(lead_id, self.router_app.settings.partitions)
+    def owns_lead_partition(self, partition: int) -> bool:
         return bool(self.processor.owns(LEADS, partition))
 
     def owns_routing(self) -> bool:
         return bool(self.processor.owns(ROUTING, 0))
 
-    async def qualification(self, lead_id: str) -> dict[str, Any] | None:
-        if self.owns_lead(lead_id):
-            return self.local_qualification(lead_id)
-        partition = lead_partition(lead_id, self.router_app.settings.partitions)
+    async def _qualification_on(self, lead_id: str, partition: int) -> dict[str, Any] | None:
+        if self.owns_lead_partition(partition):
+            return self.local_qualification(lead_id, partition)
         url = self._owner_url(LEADS, partition)
-        body = await self._fetch(f"{url}/internal/leads/{lead_id}/qualification")
+        body = await self._fetch(
+            f"{url}/internal/leads/{lead_id}/qualification?partition={partition}")
         return body["qualification"]  # type: ignore[no-any-return]
+
+    async def qualification(self, lead_id: str) -> dict[str, Any] | None:
+        """The lead's qualification part from the partition(s) holding it. Found on the
+        murmur2 partition only: as stored. Elsewhere or on several: the part with the most
+        touchpoints, with where it was found and where it belongs."""
+        partitions = self.router_app.settings.partitions
+        expected = lead_partition(lead_id, partitions)
+        found = [(p, part) for p in candidate_partitions(lead_id.encode(), partitions)
+                 if (part := await self._qualification_on(lead_id, p)) is not None]
+        if not found:
+            return None
+        if [p for p, _ in found] == [expected]:
+            return found[0][1]
+        _partition, part = max(
+            found, key=lambda f: f[1]["criteria"]["engagement"]["touchpoints_in_window"])
+        return {**part, "partitioning": {
+            "murmur2_partition": expected, "found_on_partitions": sorted(p for p, _ in found),
+            "note": "this lead's records arrived on a partition its key does not hash to"
+                    " (murmur2): a producer uses another partitioner (README, Producers)"}}
 
     async def routing(self, lead_id: str) -> dict[str, Any] | None:
         if self.owns_routing():
@@ -183,8 +205,13 @@ def register(app: web.Application, inspector: Inspector) -> None:
 
     async def lead_qualification(request: web.Request) -> web.Response:
         lead_id = request.match_info["lead_id"]
-        return internal(inspector.owns_lead(lead_id), "lead", lambda: {
-            "qualification": inspector.local_qualification(lead_id)})
+        partitions = inspector.router_app.settings.partitions
+        try:
+            partition = int(request.query.get("partition", lead_partition(lead_id, partitions)))
+        except ValueError:
+            return _json({"error": "partition must be an integer"}, status=400)
+        return internal(inspector.owns_lead_partition(partition), "lead", lambda: {
+            "qualification": inspector.local_qualification(lead_id, partition)})
 
     async def lead_routing(request: web.Request) -> web.Response:
         lead_id = request.match_info["lead_id"]

@@ -182,3 +182,13 @@ def test_rep_view_counts_open_leads_and_out_of_office() -> None:
     assert "R-old (off roster)" in text
     assert "queue EMEA: 1 waiting" in text
 
+
+
+def test_a_lead_found_off_its_partition_says_where_and_why() -> None:
+    q = part([profile(), tp("webinar_attended", 0)])
+    q["partitioning"] = {"murmur2_partition": 3, "found_on_partitions": [3, 7],
+                         "note": "a producer uses another partitioner"}
+    text = render_lead(lead_view(LEAD, q, None))
+    assert "partitions: found on 3, 7, its key hashes (murmur2) to 3" in text
+    assert "another partitioner" in text
+    assert "partitions:" not in render_lead(lead_view(LEAD, part([profile()]), None))

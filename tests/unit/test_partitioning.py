@@ -1,0 +1,75 @@
+"""Where a key belongs (murmur2, as Java's client) and where other partitioners put it."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from router.service.partitioning import (
+    MisplacedKeys,
+    candidate_partitions,
+    crc32_partition,
+    fnv1a_partition,
+    murmur2_partition,
+)
+
+# Kafka's own UtilsTest.testMurmur2 vectors (signed Java ints)
+JAVA_MURMUR2 = {
+    b"21": -973932308,
+    b"foobar": -790332482,
+    b"a-little-bit-long-string": -985981536,
+    b"a-little-bit-longer-string": -1486304829,
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    b"abc": 479470107,
+}
+
+
+@pytest.mark.parametrize(("key", "java_hash"), JAVA_MURMUR2.items())
+def test_murmur2_partition_is_javas_to_positive_murmur2(key: bytes, java_hash: int) -> None:
+    for partitions in (1, 3, 12, 100):
+        assert murmur2_partition(key, partitions) == (java_hash & 0x7FFFFFFF) % partitions
+
+
+def test_crc32_partition_is_librdkafkas_consistent_random() -> None:
+    assert zlib.crc32(b"123456789") == 0xCBF43926  # the CRC-32 check value
+    assert crc32_partition(b"123456789", 12) == 0xCBF43926 % 12
+
+
+def test_fnv1a_partition_follows_sarama() -> None:
+    # FNV-1a 32 of "foobar" is 0xbf9cf968: negative as an int32, so Sarama negates it
+    signed = 0xBF9CF968 - (1 << 32)
+    assert fnv1a_partition(b"foobar", 12) == abs(signed) % 12
+    assert fnv1a_partition(b"a", 7) == abs(0xE40C292C - (1 << 32)) % 7
+
+
+@given(st.binary(max_size=40), st.integers(min_value=1, max_value=64))
+def test_candidates_are_every_partition_once_murmur2_first(key: bytes, partitions: int) -> None:
+    order = candidate_partitions(key, partitions)
+    assert order[0] == murmur2_partition(key, partitions)
+    assert sorted(order) == list(range(partitions))
+
+
+@dataclass
+class Rec:
+    topic: str
+    partition: int
+    key: bytes | None
+
+
+def test_misplaced_keys_counts_per_topic_and_reports_each_topic_once() -> None:
+    detector = MisplacedKeys(12)
+    right = [Rec("t", murmur2_partition(b"L-%d" % i, 12), b"L-%d" % i) for i in range(20)]
+    assert detector.check(right) == []
+    assert detector.counts == {}
+    wrong = [Rec("t", (murmur2_partition(b"L-%d" % i, 12) + 1) % 12, b"L-%d" % i)
+             for i in range(5)]
+    assert detector.check([*wrong, Rec("t", 0, None)]) == ["t"]
+    assert detector.check(wrong[:2]) == []  # logged once per topic
+    assert detector.counts == {"t": 7}
+    key, arrived, expected = detector.examples["t"]
+    assert (key, arrived) == (b"L-0", wrong[0].partition)
+    assert expected == murmur2_partition(b"L-0", 12)
