@@ -36,6 +36,7 @@ class Settings:
     compacted_segment_ms: int = 3_600_000
     batch_size: int = 2000
     batch_wait_ms: int = 10
+    misplaced_records: str = "repartition"
     log_format: str = "json"
     log_level: str = "info"
     security_protocol: str = "PLAINTEXT"
@@ -59,6 +60,9 @@ class Settings:
         if self.broker_quirks not in BROKER_QUIRKS:
             raise ValueError(f"broker_quirks must be one of {', '.join(BROKER_QUIRKS)},"
                              f" not {self.broker_quirks!r}")
+        if self.misplaced_records not in MISPLACED_RECORDS:
+            raise ValueError(f"misplaced_records must be one of {', '.join(MISPLACED_RECORDS)},"
+                             f" not {self.misplaced_records!r}")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log_format must be 'json' or 'text', not {self.log_format!r}")
         if self.security_protocol not in SECURITY_PROTOCOLS:
@@ -126,6 +130,7 @@ BROKER_QUIRKS = ("auto", "tansu", "none")
 KAFKA_FETCH_WAIT_MS = 500
 TANSU_FETCH_WAIT_MS = 100
 PROCESSING_GUARANTEES = ("auto", "exactly_once", "at_least_once")
+MISPLACED_RECORDS = ("repartition", "in_place")
 
 
 HELP: dict[str, str] = {
@@ -162,6 +167,12 @@ HELP: dict[str, str] = {
     "batch_size": "most events per partition in one batch (one transaction per partition"
                   " and batch with exactly-once)",
     "batch_wait_ms": "how long a batch waits to fill before it is processed",
+    "misplaced_records": "a touchpoint or profile whose key does not hash (murmur2, Kafka's"
+                         " default partitioner) to the partition it arrived on:"
+                         " repartition (default: forwarded to the partition its lead lives"
+                         " on, in the same transaction, so a lead fed by producers with"
+                         " different partitioners stays whole) or in_place (processed where"
+                         " it arrived, only counted: for producers that all agree)",
     "log_format": "json (one object per line) or text",
     "log_level": "debug, info, warning or error",
     "security_protocol": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",

@@ -32,6 +32,10 @@ class Topics:
     routing: str
     # internal: routing -> qualification, "sales recycled this lead" (co-partitioned by lead)
     recycle: str
+    # internal: touchpoints and profiles that arrived off their lead's partition (a producer
+    # with another partitioner), forwarded to it (router/service/partitioning.py)
+    repartition_touchpoints: str
+    repartition_profiles: str
 
     @classmethod
     def with_prefix(cls, prefix: str = "") -> Topics:
@@ -47,7 +51,15 @@ class Topics:
             deadletter=f"{prefix}leads.deadletter",
             routing=f"{prefix}leadrouter-routing",
             recycle=f"{prefix}leadrouter-recycle",
+            repartition_touchpoints=f"{prefix}leadrouter-repartition-touchpoints",
+            repartition_profiles=f"{prefix}leadrouter-repartition-profiles",
         )
+
+    @property
+    def repartitioned(self) -> dict[str, str]:
+        """Source topic -> the internal topic its misplaced records are forwarded through."""
+        return {self.touchpoints: self.repartition_touchpoints,
+                self.profiles: self.repartition_profiles}
 
     @property
     def compacted(self) -> frozenset[str]:
@@ -78,6 +90,8 @@ class Topics:
             self.deadletter,
             self.routing,
             self.recycle,
+            self.repartition_touchpoints,
+            self.repartition_profiles,
         ]
 
     def partitions(self, name: str, default: int) -> int:

@@ -5,19 +5,25 @@ Java client, Kafka Connect, Kafka Streams and aiokafka use) picks for the lead_i
 input topic is co-partitioned that way. A producer with another partitioner (librdkafka's
 default consistent_random hashes with CRC32, Sarama with FNV-1a) sends some of a lead's
 records elsewhere, and a lead whose profile and touchpoints come from two such producers is
-split across two partitions. Nothing here changes where a record is processed; it makes such
-records visible (a metric, one log line per source, `lead show`).
+split across two partitions. The worker makes such records visible (a metric, one log line
+per source, `lead show`) and, by default, forwards each misplaced touchpoint or profile to its
+lead's partition through an internal repartition topic, as Kafka Streams does after a key
+change: the forward is an output of the batch, so with exactly-once it is in the batch's
+transaction (consumed once, forwarded once), and at-least-once it is written before the
+input offset is committed (a repeat is dropped by event_id on arrival).
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol
 
 from aiokafka.partitioner import murmur2
+
+from router.service.qualifier import Output, Record
 
 
 @lru_cache(maxsize=65_536)  # keys repeat (a lead's touchpoints); murmur2 is pure Python
@@ -89,3 +95,22 @@ class MisplacedKeys:
                 first.append(r.topic)
             self.counts[r.topic] += 1
         return first
+
+
+def forward_misplaced(records: Sequence[Record], partitions: int,
+                      forward_to: Mapping[str, str]) -> tuple[list[Record], list[Output]]:
+    """A partition's batch split in two: the records to process here, and the misplaced
+    ones (on a topic of `forward_to`, keyed for another partition) as outputs to the same
+    partition of that topic's repartition topic. Unkeyed or empty records stay: the
+    qualifier dead-letters them here, where they arrived."""
+    here: list[Record] = []
+    forwarded: list[Output] = []
+    for r in records:
+        target = forward_to.get(r.topic)
+        if target is not None and r.key is not None and r.value is not None:
+            expected = murmur2_partition(r.key, partitions)
+            if expected != r.partition:
+                forwarded.append(Output(target, r.key, r.value, partition=expected))
+                continue
+        here.append(r)
+    return here, forwarded

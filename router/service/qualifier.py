@@ -102,6 +102,9 @@ class Qualifier:
         self.router_version = router_version
         self.is_named_account = is_named_account
         self.decay_index = DecayIndex()
+        # a record forwarded to its lead's partition (service/partitioning.py) is read as one
+        # of its source topic; its dead letter names where it was read (the repartition topic)
+        self.source_topic = {rep: src for src, rep in topics.repartitioned.items()}
 
     def process(
         self,
@@ -200,9 +203,10 @@ class Qualifier:
         touchpoint_counts: Counter[str],
     ) -> list[Transition]:
         event: Touchpoint | LeadProfile | dict[str, Any]
-        if record.topic == self.topics.touchpoints:
+        topic = self.source_topic.get(record.topic, record.topic)
+        if topic == self.topics.touchpoints:
             event = decode_touchpoint(record.key, record.value, self.rules, now)
-        elif record.topic == self.topics.profiles:
+        elif topic == self.topics.profiles:
             event = decode_profile(record.key, record.value, self.rules, now)
         else:  # our own records: {"kind": "recycle" (routing stage) or "decay" (clock), ...}
             event = orjson.loads(record.value or b"null")

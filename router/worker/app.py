@@ -55,7 +55,7 @@ from router.metrics import (
     READY,
     REGISTRY,
 )
-from router.service.partitioning import MisplacedKeys
+from router.service.partitioning import MisplacedKeys, forward_misplaced
 from router.service.qualifier import Output, Qualifier, Record
 from router.service.routing_stage import RoutingStage, forward_activity, tick
 from router.settings import Settings, bootstrap_servers
@@ -149,8 +149,10 @@ class RouterApp:
         self.settings = settings
         self.rules = rules
         self.topics = topics = Topics.with_prefix(settings.topic_prefix)
-        self.input_topics = [topics.touchpoints, topics.profiles, topics.recycle,
-                             topics.activity, topics.routing]
+        # co-partitioned by lead: one task per partition consumes all of these
+        self.lead_inputs = (topics.touchpoints, topics.profiles, topics.recycle, topics.activity,
+                            topics.repartition_touchpoints, topics.repartition_profiles)
+        self.input_topics = [*self.lead_inputs, topics.routing]
         self._decay_generation: int | None = None  # the assignment the decay index is from
         self._decay_indexed: set[int] = set()
         self.accounts: CompactedTopicReader[NamedAccount] = CompactedTopicReader(
@@ -179,12 +181,10 @@ class RouterApp:
         exactly_once = settings.processing_guarantee == "exactly_once"
         self.assignor = CoPartitionedAssignor(
             settings.advertised_url(),
-            [topics.touchpoints, topics.profiles, topics.recycle, topics.activity],
-            topics.routing)
+            [*self.lead_inputs], topics.routing)
         self.processor = PartitionProcessor(
             settings,
-            [PipelineStage(LEADS, (topics.touchpoints, topics.profiles, topics.recycle,
-                                   topics.activity),
+            [PipelineStage(LEADS, self.lead_inputs,
                            f"{settings.app_id}-{STATE_TABLE}-changelog", STATE_TABLE,
                            self._leads, settings.partitions),
              PipelineStage(ROUTING, (topics.routing,),
@@ -211,11 +211,15 @@ class RouterApp:
                now: datetime) -> TaskResult:
         activity = self.topics.activity
         self._check_partitioning(records)
+        forwarded: list[Output] = []
+        if self.settings.misplaced_records == "repartition":
+            records, forwarded = forward_misplaced(records, self.settings.partitions,
+                                                   self.topics.repartitioned)
         leads = [r for r in records if r.topic != activity]
-        result = TaskResult()
+        result = TaskResult(outputs=forwarded)
         if leads:
             decided = self.qualifier.process(leads, now, store.get)
-            result.outputs = decided.outputs
+            result.outputs += decided.outputs
             result.writes = [(key, value) for key, (_p, value) in decided.state_writes.items()]
         if len(leads) != len(records):
             result.outputs += [forward_activity(r, self.rules, self.topics, now, __version__)
@@ -226,7 +230,8 @@ class RouterApp:
         """Never silent about a producer with another partitioner (service/partitioning.py):
         a metric per topic, and one warning per topic with an example key."""
         before = dict(self.misplaced.counts)
-        for topic in self.misplaced.check(records):
+        placed = self.topics.repartitioned  # sales activity goes to the one routing partition
+        for topic in self.misplaced.check(r for r in records if r.topic in placed):
             key, arrived, expected = self.misplaced.examples[topic]
             log.warning("records keyed for another partition: their producer does not use"
                         " Kafka's default (murmur2) partitioner, so a lead whose records come"
