@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -154,15 +154,18 @@ def probe_touchpoint(lead_id: bytes, at: datetime, size: int = 300) -> bytes:
 
 
 async def produce(bootstrap: list[str], topic: str, records: Sequence[tuple[bytes, bytes]],
-                  client: dict[str, Any], chunk: int = 10_000) -> float:
-    """Send every record (acks from the leader), as fast as the producer goes; seconds taken."""
+                  client: dict[str, Any], chunk: int = 10_000,
+                  partition_of: Callable[[bytes], int] | None = None) -> float:
+    """Send every record (acks from the leader), as fast as the producer goes; seconds taken.
+    `partition_of` stands in for another producer's partitioner (default: murmur2)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
                                 max_batch_size=256 * 1024, **client)
     await producer.start()
     started = time.monotonic()
     try:
         for i in range(0, len(records), chunk):
-            pending = [await producer.send(topic, value, key=key)
+            pending = [await producer.send(topic, value, key=key, partition=(
+                           None if partition_of is None else partition_of(key)))
                        for key, value in records[i:i + chunk]]
             await asyncio.gather(*pending)
     finally:

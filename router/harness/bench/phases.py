@@ -67,6 +67,7 @@ from router.harness.bench.measure import (
 )
 from router.harness.bench.report import add_ratios
 from router.harness.workers import WorkerProcess
+from router.service.partitioning import murmur2_partition
 from router.settings import Settings, bootstrap_servers, from_env
 from router.tools.history import read_topic
 
@@ -187,9 +188,13 @@ class Bench:
     # ---------------------------------------------------------------- router phases
 
     async def router_phase(self, mix: Mix, name: str, workers: int,
-                           env: dict[str, str] | None = None
+                           env: dict[str, str] | None = None, misplaced: bool = False
                            ) -> tuple[float, list[WorkerProcess], Topics]:
-        """Start `workers` on empty topics, load the set-up, then time the touchpoints."""
+        """Start `workers` on empty topics, load the set-up, then time the touchpoints.
+        `misplaced`: every touchpoint is produced off its murmur2 partition (as another
+        producer's partitioner may put it), so each one is forwarded to its lead's partition
+        first; the rate then counts touchpoints applied there (the repartition topic's
+        commits)."""
         prefix = f"{self.run}.{name}."
         topics = Topics.with_prefix(prefix)
         await ensure_topics(self.settings(prefix), topics)
@@ -214,12 +219,16 @@ class Bench:
             await asyncio.gather(*(asyncio.to_thread(w.wait_ready, 120) for w in procs))
             _log(f"{name}: profiles processed; loading {len(mix.touchpoints):,} touchpoints")
             total = len(mix.touchpoints)
+            applied = topics.repartition_touchpoints if misplaced else topics.touchpoints
             sampler = asyncio.create_task(sample_commits(
-                admin, group, self.tps(topics.touchpoints), total, self.config.phase_timeout,
+                admin, group, self.tps(applied), total, self.config.phase_timeout,
                 self.procs.check))
+            partitions = self.config.partitions
             try:
-                load_seconds = await produce(self.bootstrap, topics.touchpoints, mix.touchpoints,
-                                             self.client)
+                load_seconds = await produce(
+                    self.bootstrap, topics.touchpoints, mix.touchpoints, self.client,
+                    partition_of=(lambda key: (murmur2_partition(key, partitions) + 1)
+                                  % partitions) if misplaced else None)
             except BaseException:
                 sampler.cancel()
                 raise
@@ -555,6 +564,11 @@ class Bench:
                 mix, "r1alo", 1, env={"LEADROUTER_PROCESSING_GUARANTEE": "at_least_once"})
             self.result["router_1w_alo_events_per_s"] = round(alo, 1)
             alo_worker.kill()
+
+        if cfg.partitions > 1:  # every touchpoint through the repartition topic
+            mis, (mis_worker,), _ = await self.router_phase(mix, "r1mis", 1, misplaced=True)
+            self.result["router_1w_misplaced_events_per_s"] = round(mis, 1)
+            mis_worker.kill()
 
         two, workers, _ = await self.router_phase(mix, "r2", 2)
         self.result["router_2w_events_per_s"] = round(two, 1)

@@ -62,6 +62,9 @@ def add_ratios(result: dict[str, Any]) -> dict[str, Any]:
     if out.get("router_1w_alo_events_per_s"):  # exactly-once against at-least-once
         out["eos_cost"] = round(1 - ratio(out["router_1w_events_per_s"],
                                           out["router_1w_alo_events_per_s"]), 3)
+    if out.get("router_1w_misplaced_events_per_s"):  # 100 % of touchpoints repartitioned
+        out["misplaced_cost"] = round(1 - ratio(out["router_1w_misplaced_events_per_s"],
+                                                out["router_1w_events_per_s"]), 3)
     # peak RSS includes the process's own ~100 MB, so the scaled figure means something at the
     # full run's 100k leads (scale 1), not in a --quick run
     if out.get("leads") and "worker_peak_rss_mb" in out:
@@ -115,6 +118,10 @@ def render_table(result: dict[str, Any]) -> str:
         rate("router, 1 worker (at_least_once)", "router_1w_alo_events_per_s")
         rows.append(("exactly-once cost against at-least-once",
                      f"{r['eos_cost'] * 100:>10.0f} %", _verdict(r, "eos_cost")))
+    if r.get("router_1w_misplaced_events_per_s"):
+        rate("router, 1 worker, every touchpoint misplaced", "router_1w_misplaced_events_per_s")
+        rows.append(("repartitioning cost (100 % misplaced against 0 %)",
+                     f"{r['misplaced_cost'] * 100:>10.0f} %", ""))
     rate("router, 2 workers", "router_2w_events_per_s")
     rows.append(("router / faust floor", f"{r['router_vs_floor']:>10.2f} x",
                  _verdict(r, "router_vs_floor")))
