@@ -68,7 +68,9 @@ class LeadState:
     mql_at: float | None = None  # event time of this cycle's MQL (router.domain.decay)
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
+        # copied to its own size: orjson's buffer is at least 4 KiB, and a batch's encoded
+        # states wait for their commit (see MemoryStore.write in worker/pipeline/store.py)
+        return bytes(memoryview(orjson.dumps(
             {
                 "v": STATE_FORMAT,
                 "id": self.lead_id,
@@ -86,7 +88,7 @@ class LeadState:
                 "cs": self.cycle_start,
                 "ma": self.mql_at,
             }
-        )
+        )))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LeadState:
