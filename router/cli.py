@@ -121,9 +121,19 @@ def _cmd_bench_sla(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from router.harness.bench.phases import QUICK, BenchConfig
     from router.harness.bench.run import run_bench
 
-    return run_bench(broker=args.broker, quick=args.quick)
+    config = QUICK if args.quick else BenchConfig()
+    if args.memory:
+        config = replace(config, mode="memory")
+    if args.leads:
+        config = replace(config, leads=args.leads)
+    if args.touchpoints:
+        config = replace(config, touchpoints=args.touchpoints)
+    return run_bench(broker=args.broker, config=config)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -407,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker", default=None, help="existing broker URL (the bench starts its"
                    " own workers on it)")
     p.add_argument("--quick", action="store_true", help="a small load (a smoke run, about 70 s)")
+    p.add_argument("--memory", action="store_true", help="only load one worker, kill it and"
+                   " restore: peak RSS, state and restore time (with LEADROUTER_STORE=rocksdb"
+                   " and --leads 1000000 for a large state)")
+    p.add_argument("--leads", type=int, default=0, help="leads in the mix (default 100,000)")
+    p.add_argument("--touchpoints", type=int, default=0,
+                   help="touchpoints in the mix (default 200,000)")
     p.set_defaults(func=_cmd_bench)
     return parser
 

@@ -39,7 +39,7 @@ def _pad(event: dict[str, Any], size: int) -> bytes:
                                              " (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
                                              * 4)[:missing]
         raw = orjson.dumps(event)
-    return raw
+    return bytes(memoryview(raw))  # right-sized: orjson's buffers are >= 4 KiB (store.py)
 
 
 def bench_roster(now: datetime) -> list[tuple[bytes, bytes]]:
@@ -116,7 +116,8 @@ def build_mix(leads: int, touchpoints: int, now: datetime, seed: int = 11) -> Mi
     profile each, and `touchpoints` touchpoints spread evenly over them in random order."""
     generator = TrafficGenerator(leads=leads, seed=seed, bad_event_share=0.0)
     updated = _iso(now - timedelta(days=4))
-    profiles = [(lead.lead_id.encode(), orjson.dumps(dict(lead.profile, updated_at=updated)))
+    profiles = [(lead.lead_id.encode(),
+                 bytes(memoryview(orjson.dumps(dict(lead.profile, updated_at=updated)))))
                 for lead in generator.population]
     mix = Mix(profiles, [], bench_roster(now), generator.named_accounts(), generator,
               random.Random(seed + 1))

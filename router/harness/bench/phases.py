@@ -519,6 +519,31 @@ class Bench:
                        "--outputs", f"{self.run}.direct.", "--group", group],
             group, topic, total, {"LEADROUTER_RULES": ""})
 
+    # ---------------------------------------------------------------- memory only
+
+    async def memory_phases(self) -> dict[str, Any]:
+        """`leadrouter bench --memory`: one worker loads the mix (throughput, peak RSS, state),
+        is killed, and a new one restores it (restore time, its peak RSS). For state sizes
+        the full run would take too long with, e.g. a million leads in RocksDB."""
+        cfg = self.config
+        began = time.monotonic()
+        mix = build_mix(cfg.leads, cfg.touchpoints, datetime.now(UTC))
+        self.result.update(leads=len(mix.profiles), touchpoints=len(mix.touchpoints),
+                           partitions=cfg.partitions, mode=cfg.mode,
+                           store=self.settings("").store)
+        one, (worker,), _ = await self.router_phase(mix, "r1", 1)
+        self.result["router_1w_events_per_s"] = round(one, 1)
+        prefix = f"{self.run}.r1."
+        killed = await self.crash_and_state(worker, prefix)
+        restored = await self.restore(prefix, killed)
+        self.result["restored_worker_peak_rss_mb"] = round(
+            rss_mb(restored.process.pid if restored.process else None), 1)
+        restored.kill()
+        self.result["rss_mb_per_100k_leads"] = round(
+            self.result["worker_peak_rss_mb"] * 100_000 / max(1, len(mix.profiles)), 1)
+        self.result["wall_seconds"] = round(time.monotonic() - began, 1)
+        return self.result
+
     # ---------------------------------------------------------------- all of it
 
     async def all_phases(self) -> dict[str, Any]:

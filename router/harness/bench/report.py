@@ -185,3 +185,21 @@ def render_table(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # The event mix
 # --------------------------------------------------------------------------------------------
+
+
+def render_memory_table(result: dict[str, Any]) -> str:
+    """`bench --memory`: what one worker holds for the state it keeps, and its restore."""
+    r = result
+    rows = [
+        ("router, 1 worker", f"{r['router_1w_events_per_s']:>10,.0f} ev/s"),
+        ("worker peak RSS while loading", f"{r['worker_peak_rss_mb']:>10,.0f} MB"),
+        ("... per 100k leads", f"{r['rss_mb_per_100k_leads']:>10,.0f} MB"),
+        ("state (leads / bytes in the changelog)",
+         f"{r['state_leads']:,} / {r['state_bytes'] / 1e6:,.1f} MB"),
+        ("restore to /ready", f"{r['restore_seconds']:>10.1f} s"
+                              f" ({r['restore_s_per_100k_leads']:.1f} s per 100k leads)"),
+        ("restored worker peak RSS", f"{r['restored_worker_peak_rss_mb']:>10,.0f} MB"),
+    ]
+    head = (f"leadrouter bench (memory): {r['leads']:,} leads, {r['touchpoints']:,} touchpoints,"
+            f" {r['partitions']} partitions, {r['store']} store; {r['wall_seconds']:.0f} s")
+    return "\n".join([head, *(f"{label:<44} {value}" for label, value in rows)])
