@@ -49,6 +49,8 @@ def run_compare(samples: int, rate: float, isolation: str) -> int:
     for i, column in enumerate(COLUMNS):
         name = f"compare-{i}"
         print(f"[{i + 1}/{len(COLUMNS)}] {column.label} ...", file=sys.stderr, flush=True)
+        # worker logs are appended to: an earlier run's retries must not count here
+        (Path(".leadrouter") / f"{name}-worker.log").unlink(missing_ok=True)
         try:
             result = measure_local(samples, rate, isolation, name, env=column.env,
                                    broker_config=column.broker_config)
