@@ -23,6 +23,7 @@ class Settings:
     topic_prefix: str = ""
     data_dir: str = ".leadrouter"
     store: str = "memory"
+    rocksdb_memory_mb: int = 256
     processing_guarantee: str = "auto"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -51,6 +52,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise ValueError("partitions must be at least 1")
+        if self.rocksdb_memory_mb < 8:
+            raise ValueError("rocksdb_memory_mb must be at least 8")
         if self.store not in STORES:
             raise ValueError(f"store must be one of {', '.join(STORES)}, not {self.store!r}")
         if self.processing_guarantee not in PROCESSING_GUARANTEES:
@@ -140,6 +143,9 @@ HELP: dict[str, str] = {
     "data_dir": "directory for local state (RocksDB files with --store rocksdb)",
     "store": "memory (state rebuilt from the changelogs at start) or rocksdb (kept in"
              " data_dir: a restart replays only the changelog tail)",
+    "rocksdb_memory_mb": "with --store rocksdb: the worker's whole RocksDB memory (one block"
+                         " cache shared by its tasks, half of it for memtables); 256 kept a"
+                         " worker with a million leads at 548 MB RSS",
     "processing_guarantee": "auto (exactly_once on Apache Kafka, at_least_once on Tansu, which"
                             " has no transactions), exactly_once (outputs, state and offsets"
                             " in one Kafka transaction per partition and batch; downstream"

@@ -335,7 +335,8 @@ class PartitionProcessor:
                 await asyncio.gather(*(self._fence(p) for p in pending))
             for p in pending:
                 p.store = open_store(self.settings.store, self.settings.data_dir,
-                                     self.settings.app_id, str(p.task.id))
+                                     self.settings.app_id, str(p.task.id),
+                                     self.settings.rocksdb_memory_mb)
             await self._restore(pending)  # (b)
             committed = await self._committed(pending)  # (c), after the fence
         except Exception as exc:  # broker away, RocksDB still locked by a previous owner...
