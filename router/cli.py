@@ -109,6 +109,10 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
         from router.harness.bench.latency_compare import run_compare
 
         return run_compare(samples=args.samples, rate=args.rate, isolation=args.isolation)
+    if args.hops:
+        from router.harness.bench.latency import run_hops
+
+        return run_hops(samples=args.samples, rate=args.rate, isolation=args.isolation)
     return run_latency_bench(samples=args.samples, rate=args.rate, broker=args.broker,
                              isolation=args.isolation)
 
@@ -333,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true",
                    help="one column per transaction switch and broker setting, each on a fresh"
                         " local broker and worker (router/harness/bench/latency_compare.py)")
+    p.add_argument("--hops", action="store_true",
+                   help="trace the worker and print where each millisecond of a transaction"
+                        " goes (router/harness/bench/hops.py)")
     p.set_defaults(func=_cmd_bench_latency)
 
     p = sub.add_parser("verify", help="check a run's outputs against its inputs (exit 1 on"

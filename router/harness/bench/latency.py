@@ -125,6 +125,28 @@ def measure_local(samples: int, rate: float, isolation: str, name: str = "bench"
                                     rate, isolation))
 
 
+def run_hops(samples: int, rate: float, isolation: str) -> int:
+    """The latency run with the worker tracing, then the hop breakdown from its log."""
+    from router.harness.bench.hops import breakdown, render
+
+    name = "hops"
+    log = Path(".leadrouter") / f"{name}-worker.log"
+    log.unlink(missing_ok=True)  # worker logs are appended to
+    try:
+        result = measure_local(samples, rate, isolation, name, env={
+            "LEADROUTER_TRACE": "1", "LEADROUTER_LOG_FORMAT": "json"})
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"bench-latency: {exc} (logs in .leadrouter/)", file=sys.stderr)
+        return 1
+    print(f"one worker tracing, {rate:.0f} triggering touchpoints/s, reader {isolation}:"
+          f" lead.sql p50 {result['sql_p50_ms']} / p99 {result['sql_p99_ms']} ms,"
+          f" lead.assigned p50 {result['assigned_p50_ms']} / p99 {result['assigned_p99_ms']} ms")
+    table = breakdown(log)
+    print(render(table))
+    print(orjson.dumps({"bench": "hops", **result, "steps": table}).decode())
+    return 0
+
+
 def run_latency_bench(samples: int, rate: float, broker: str | None,
                       isolation: str = "read_committed") -> int:
     topics = Topics.with_prefix("")
