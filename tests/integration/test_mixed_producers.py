@@ -127,13 +127,16 @@ async def test_murmur2_profiles_and_librdkafka_touchpoints_qualify_and_route(
 ) -> None:
     worker, prefix = mixed_worker
     topics = Topics.with_prefix(prefix)
-    leads = misplaced_leads(12, "mix")
+    mixed = misplaced_leads(12, "mix")
+    alone = misplaced_leads(6, "rdk")  # profile and touchpoints both from librdkafka
+    leads = mixed + alone
     await send(producer, topics.reps, "R-1", {"rep_id": "R-1", "pools": ["EMEA"],
                                                "max_open_leads": 100})
-    for lead in leads:  # the CRM connector: Kafka's default partitioner
+    for lead in mixed:  # the CRM connector: Kafka's default partitioner
         await send(producer, topics.profiles, lead, profile(lead))
-    produce_all(librdkafka_producer(broker), topics.touchpoints,
-                [(lead, demo_request(lead)) for lead in leads])
+    rdk = librdkafka_producer(broker)
+    produce_all(rdk, topics.profiles, [(lead, profile(lead)) for lead in alone])
+    produce_all(rdk, topics.touchpoints, [(lead, demo_request(lead)) for lead in leads])
 
     expected = {f"{lead}:c1:sql" for lead in leads}
     transitions = await asyncio.to_thread(
@@ -164,7 +167,8 @@ async def test_murmur2_profiles_and_librdkafka_touchpoints_qualify_and_route(
     assert "partitioning" not in view["qualification"]
     with urllib.request.urlopen(worker.base_url + "/metrics", timeout=5) as resp:
         metrics = resp.read().decode()
-    assert f'leadrouter_misplaced_records_total{{topic="{topics.touchpoints}"}} 12.0' in metrics
+    assert f'leadrouter_misplaced_records_total{{topic="{topics.touchpoints}"}} 18.0' in metrics
+    assert f'leadrouter_misplaced_records_total{{topic="{topics.profiles}"}} 6.0' in metrics
     assert "records keyed for another partition" in worker.log_tail(400)
 
 
@@ -176,6 +180,8 @@ async def test_a_sigkill_while_repartitioning_loses_and_doubles_nothing(
     leads = misplaced_leads(300, "kill")
     worker = start_worker(broker, prefix, tmp_path)
     try:
+        await send(producer, topics.reps, "R-1", {"rep_id": "R-1", "pools": ["EMEA"],
+                                                   "max_open_leads": 1000})
         for lead in leads:
             await send(producer, topics.profiles, lead, profile(lead))
         produce_all(librdkafka_producer(broker), topics.touchpoints,
@@ -203,6 +209,15 @@ async def test_a_sigkill_while_repartitioning_loses_and_doubles_nothing(
         assert set(counts.values()) == {1}, "a touchpoint was forwarded twice"
         for _i, key, _v in forwarded[:20]:
             assert key.decode() in leads
+        # and routed: one lead.assigned each, read once by a read_committed librdkafka reader
+        assignments = await asyncio.to_thread(
+            read_committed, broker, topics.assignments,
+            lambda rs: {v["lead_id"] for _i, _k, v in rs if v["type"] == "lead.assigned"}
+            >= set(leads), 60.0)
+        assigned = Counter(v["lead_id"] for _i, _k, v in assignments
+                           if v["type"] == "lead.assigned")
+        assert set(assigned) == set(leads)
+        assert set(assigned.values()) == {1}
     finally:
         worker.stop()
 
