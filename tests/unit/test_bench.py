@@ -178,8 +178,8 @@ def test_targets_met_and_missed() -> None:
     assert verdicts == {
         "router_vs_floor": False,  # 0.5 < 2
         "two_vs_one_worker": True,  # 1.8 >= 1.8
-        "sql_p99_ms": False,  # 240 > 50
-        "assigned_p99_ms": False,  # 620 > 50
+        "sql_p99_ms": False,  # 240 > 60
+        "assigned_p99_ms": False,  # 620 > 120
         "state_bytes_per_lead": True,  # 700 <= 2048
         "restore_s_per_100k_leads": False,  # 12 > 5
         "rss_mb_per_100k_leads": False,  # 400 MB at 100k leads > 300
@@ -228,7 +228,7 @@ def test_json_line_has_every_figure_and_the_verdicts() -> None:
         assert isinstance(data[key], int | float), key
     assert data["router_vs_floor"] == 0.5
     assert data["targets"]["router_vs_floor"] == {"target": ">= 2", "met": False}
-    assert data["targets"]["sql_p99_ms"] == {"target": "<= 50", "met": False}
+    assert data["targets"]["sql_p99_ms"] == {"target": "<= 60", "met": False}
     assert data["targets"]["eos_cost"] == {"target": "<= 0.2", "met": None}  # not measured
     assert set(data["targets"]) == {t.key for t in TARGETS}
 

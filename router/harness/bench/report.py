@@ -26,8 +26,8 @@ TARGETS: tuple[Target, ...] = (
     Target("router_vs_floor", ">=", 2.0, ">= 2 x"),
     Target("eos_cost", "<=", 0.2, "<= 20 %"),
     Target("two_vs_one_worker", ">=", 1.8, ">= 1.8 x"),
-    Target("sql_p99_ms", "<=", 50.0, "p99 <= 50 ms"),
-    Target("assigned_p99_ms", "<=", 50.0, "p99 <= 50 ms"),
+    Target("sql_p99_ms", "<=", 60.0, "p99 <= 60 ms"),  # exactly-once (issue 17)
+    Target("assigned_p99_ms", "<=", 120.0, "p99 <= 120 ms"),
     Target("state_bytes_per_lead", "<=", 2048.0, "<= 2 KB"),
     Target("restore_s_per_100k_leads", "<=", 5.0, "<= 5 s"),
     Target("rss_mb_per_100k_leads", "<=", 300.0, "<= 300 MB"),
