@@ -16,10 +16,8 @@ input offset is committed (a repeat is dropped by event_id on arrival).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Protocol
 
 from aiokafka.partitioner import murmur2
 
@@ -58,59 +56,26 @@ def candidate_partitions(key: bytes, partitions: int) -> list[int]:
     return list(dict.fromkeys(order))
 
 
-class Keyed(Protocol):
-    """What the detector reads of a record (router.service.qualifier.Record has it)."""
-
-    @property
-    def topic(self) -> str: ...
-
-    @property
-    def partition(self) -> int: ...
-
-    @property
-    def key(self) -> bytes | None: ...
-
-
-@dataclass
-class MisplacedKeys:
-    """Counts, per source topic, records whose key does not hash (murmur2) to the partition
-    they arrived on; remembers one example key per topic for the log line and the metric."""
-
-    partitions: int
-    counts: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, tuple[bytes, int, int]] = field(default_factory=dict)
-
-    def check(self, records: Iterable[Keyed]) -> list[str]:
-        """The topics seen misplaced for the first time in these records."""
-        first: list[str] = []
-        for r in records:
-            if r.key is None:
-                continue
-            expected = murmur2_partition(r.key, self.partitions)
-            if expected == r.partition:
-                continue
-            if r.topic not in self.counts:
-                self.counts[r.topic] = 0
-                self.examples[r.topic] = (r.key, r.partition, expected)
-                first.append(r.topic)
-            self.counts[r.topic] += 1
-        return first
-
-
-def forward_misplaced(records: Sequence[Record], partitions: int,
-                      forward_to: Mapping[str, str]) -> tuple[list[Record], list[Output]]:
-    """A partition's batch split in two: the records to process here, and the misplaced
-    ones (on a topic of `forward_to`, keyed for another partition) as outputs to the same
-    partition of that topic's repartition topic. Unkeyed or empty records stay: the
-    qualifier dead-letters them here, where they arrived."""
+def split_misplaced(records: Sequence[Record], partitions: int, checked: Collection[str]
+                    ) -> tuple[list[Record], list[tuple[Record, int]]]:
+    """One pass over a partition's batch: the records to process here, and the misplaced
+    ones (on a `checked` topic, keyed for another partition) with the partition their key
+    belongs on. Unkeyed or empty records stay: the qualifier dead-letters them here, where
+    they arrived."""
     here: list[Record] = []
-    forwarded: list[Output] = []
+    misplaced: list[tuple[Record, int]] = []
     for r in records:
-        target = forward_to.get(r.topic)
-        if target is not None and r.key is not None and r.value is not None:
+        if r.topic in checked and r.key is not None and r.value is not None:
             expected = murmur2_partition(r.key, partitions)
             if expected != r.partition:
-                forwarded.append(Output(target, r.key, r.value, partition=expected))
+                misplaced.append((r, expected))
                 continue
         here.append(r)
-    return here, forwarded
+    return here, misplaced
+
+
+def forwards(misplaced: Iterable[tuple[Record, int]], forward_to: Mapping[str, str]
+             ) -> list[Output]:
+    """Each misplaced record as an output to its lead's partition of its repartition topic."""
+    return [Output(forward_to[r.topic], r.key, r.value or b"", partition=expected)
+            for r, expected in misplaced]

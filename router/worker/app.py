@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -55,7 +56,7 @@ from router.metrics import (
     READY,
     REGISTRY,
 )
-from router.service.partitioning import MisplacedKeys, forward_misplaced
+from router.service.partitioning import forwards, split_misplaced
 from router.service.qualifier import Output, Qualifier, Record
 from router.service.routing_stage import RoutingStage, forward_activity, tick
 from router.settings import Settings, bootstrap_servers
@@ -171,7 +172,7 @@ class RouterApp:
             fetch_max_wait_ms=settings.fetch_wait_ms(),
             client_kwargs=settings.kafka_client_kwargs(),
         )
-        self.misplaced = MisplacedKeys(settings.partitions)
+        self.misplaced_logged: set[str] = set()  # topics already warned about
         self.qualifier = Qualifier(
             rules, topics, __version__, lambda domain: domain in self.accounts.values
         )
@@ -210,11 +211,13 @@ class RouterApp:
     def _leads(self, partition: int, records: list[Record], store: PartitionStore,
                now: datetime) -> TaskResult:
         activity = self.topics.activity
-        self._check_partitioning(records)
+        forward_to = self.topics.repartitioned  # sales activity goes to the one routing partition
+        placed, misplaced = split_misplaced(records, self.settings.partitions, forward_to)
         forwarded: list[Output] = []
-        if self.settings.misplaced_records == "repartition":
-            records, forwarded = forward_misplaced(records, self.settings.partitions,
-                                                   self.topics.repartitioned)
+        if misplaced:
+            self._report_misplaced(misplaced)
+            if self.settings.misplaced_records == "repartition":
+                records, forwarded = placed, forwards(misplaced, forward_to)
         leads = [r for r in records if r.topic != activity]
         result = TaskResult(outputs=forwarded)
         if leads:
@@ -226,23 +229,23 @@ class RouterApp:
                                for r in records if r.topic == activity]
         return result
 
-    def _check_partitioning(self, records: list[Record]) -> None:
+    def _report_misplaced(self, misplaced: list[tuple[Record, int]]) -> None:
         """Never silent about a producer with another partitioner (service/partitioning.py):
         a metric per topic, and one warning per topic with an example key."""
-        before = dict(self.misplaced.counts)
-        placed = self.topics.repartitioned  # sales activity goes to the one routing partition
-        for topic in self.misplaced.check(r for r in records if r.topic in placed):
-            key, arrived, expected = self.misplaced.examples[topic]
+        for topic, count in Counter(r.topic for r, _p in misplaced).items():
+            MISPLACED_RECORDS.labels(topic).inc(count)
+        for r, expected in misplaced:
+            if r.topic in self.misplaced_logged:
+                continue
+            self.misplaced_logged.add(r.topic)
             log.warning("records keyed for another partition: their producer does not use"
                         " Kafka's default (murmur2) partitioner, so a lead whose records come"
                         " from several producers is split across partitions (README,"
                         " Producers)", extra={
-                            "topic": topic, "example_key": key.decode(errors="replace"),
-                            "arrived_on": arrived, "murmur2_partition": expected,
-                            "partitions": self.misplaced.partitions})
-        for topic, count in self.misplaced.counts.items():
-            if count != before.get(topic, 0):
-                MISPLACED_RECORDS.labels(topic).inc(count - before.get(topic, 0))
+                            "topic": r.topic, "example_key": (r.key or b"").decode(
+                                errors="replace"),
+                            "arrived_on": r.partition, "murmur2_partition": expected,
+                            "partitions": self.settings.partitions})
 
     def _route(self, partition: int, records: list[Record], store: PartitionStore,
                now: datetime) -> TaskResult:

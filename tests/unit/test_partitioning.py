@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from router.service.partitioning import (
-    MisplacedKeys,
     candidate_partitions,
     crc32_partition,
     fnv1a_partition,
+    forwards,
     murmur2_partition,
+    split_misplaced,
 )
+from router.service.qualifier import Record
 
 # Kafka's own UtilsTest.testMurmur2 vectors (signed Java ints)
 JAVA_MURMUR2 = {
@@ -53,23 +54,24 @@ def test_candidates_are_every_partition_once_murmur2_first(key: bytes, partition
     assert sorted(order) == list(range(partitions))
 
 
-@dataclass
-class Rec:
-    topic: str
-    partition: int
-    key: bytes | None
+def rec(topic: str, partition: int, key: bytes | None, value: bytes | None = b"{}"
+        ) -> Record:
+    return Record(topic, partition, 0, key, value)
 
 
-def test_misplaced_keys_counts_per_topic_and_reports_each_topic_once() -> None:
-    detector = MisplacedKeys(12)
-    right = [Rec("t", murmur2_partition(b"L-%d" % i, 12), b"L-%d" % i) for i in range(20)]
-    assert detector.check(right) == []
-    assert detector.counts == {}
-    wrong = [Rec("t", (murmur2_partition(b"L-%d" % i, 12) + 1) % 12, b"L-%d" % i)
-             for i in range(5)]
-    assert detector.check([*wrong, Rec("t", 0, None)]) == ["t"]
-    assert detector.check(wrong[:2]) == []  # logged once per topic
-    assert detector.counts == {"t": 7}
-    key, arrived, expected = detector.examples["t"]
-    assert (key, arrived) == (b"L-0", wrong[0].partition)
-    assert expected == murmur2_partition(b"L-0", 12)
+def test_split_misplaced_keeps_placed_unkeyed_and_unchecked_records_here() -> None:
+    keys = [b"L-%d" % i for i in range(20)]
+    right = [rec("t", murmur2_partition(k, 12), k) for k in keys]
+    wrong = [rec("t", (murmur2_partition(k, 12) + 1) % 12, k) for k in keys[:5]]
+    other_topic = rec("activity", (murmur2_partition(b"L-0", 12) + 1) % 12, b"L-0")
+    unkeyed, empty = rec("t", 0, None), rec("t", wrong[0].partition, b"L-0", None)
+    here, misplaced = split_misplaced([*right, *wrong, other_topic, unkeyed, empty], 12, {"t"})
+    assert here == [*right, other_topic, unkeyed, empty]
+    assert misplaced == [(r, murmur2_partition(r.key or b"", 12)) for r in wrong]
+
+
+def test_forwards_go_to_the_repartition_topic_on_the_keys_partition() -> None:
+    record = rec("t", 3, b"L-0", b'{"a": 1}')
+    [out] = forwards([(record, 7)], {"t": "t-repartition"})
+    assert (out.topic, out.key, out.value, out.partition) == (
+        "t-repartition", b"L-0", b'{"a": 1}', 7)
