@@ -545,6 +545,16 @@ def assign_lead(state: RoutingState, request: RouteRequest, choice: _Choice, poo
                     due.timestamp(), request.received_at)
 
 
+def _route_needs(request: RouteRequest, accounts: Mapping[str, NamedAccount], rules: Rules
+                 ) -> tuple[str | None, str, str | None]:
+    """Everything decide_route's answer depends on besides the roster, the clock and the
+    state: the named account's owner (its backup follows from the owner), the territory pool
+    and the language group. Requests alike in these get the same answer in the same state."""
+    account = next((accounts[d] for d in request.account_domains if d in accounts), None)
+    return (account.owner_rep_id if account is not None else None,
+            territory_pool(request, rules), request.language)
+
+
 def drain_queues(
     roster: Mapping[str, Rep],
     accounts: Mapping[str, NamedAccount],
@@ -559,6 +569,11 @@ def drain_queues(
     """
     out: list[Decision] = []
     budget = rules.routing.queue_drain_batch
+    # Leads that nobody could take, by what that answer depended on. Until the next
+    # assignment only fills slots, so a later lead with the same needs fails too; an
+    # assignment may also free its lead's old slot, so it clears what was learned. Without
+    # this, every freed slot re-decides the whole queue (quadratic in a long backlog).
+    blocked: set[tuple[str | None, str, str | None]] = set()
     for pool in sorted(state.queues):
         queue = state.queues[pool]
         remaining: list[Queued] = []
@@ -566,11 +581,17 @@ def drain_queues(
             if budget <= 0:
                 remaining.append(q)
                 continue
+            needs = _route_needs(q.request, accounts, rules)
+            if needs in blocked:
+                remaining.append(q)
+                continue
             choice, chosen_pool, trace = decide_route(q.request, roster, accounts, state, rules,
                                                       now)
             if choice is None:
+                blocked.add(needs)
                 remaining.append(q)
                 continue
+            blocked.clear()
             budget -= 1
             trace.append({"detail": "from the queue of " + pool})
             started = datetime.fromtimestamp(q.queued_at, UTC)
