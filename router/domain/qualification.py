@@ -575,7 +575,11 @@ def decide(state: LeadState, trigger: str, occurred_at: datetime, ctx: Context) 
     Standard and ABM SQLs reached straight from `new` emit `lead.mql` first when the MQL
     criteria hold too, so funnel counts add up; the direct path never emits an MQL (SPEC §3).
     """
-    if state.stage is Stage.SQL:
+    if state.stage is Stage.SQL or state.last_intent is None:
+        # Every MQL and SQL path needs an intent touchpoint in the window (SPEC §3), and
+        # talk-to-sales and pricing views are intent types: without one nothing can move, so
+        # the assessment (most of a touchpoint's cost) is skipped. _prune drops last_intent
+        # with the window, never later than the talk-to-sales and pricing touches it outranks.
         return []
     a = assess(state, ctx.rules, ctx.is_named_account)
     sql_path: QualificationPath | None = None

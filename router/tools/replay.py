@@ -47,11 +47,7 @@ from router.domain.qualification import (
     apply_recycle,
     apply_touchpoint,
     assess,
-    decide,
     missing_for_next_stage,
-    profile_trigger,
-    record_profile,
-    record_touchpoint,
 )
 from router.domain.routing import RouteRequest
 from router.domain.rules import SENIORITY_RANK, Rules
@@ -267,9 +263,8 @@ class Replayer:
     """Applies events to one lead state per rule set, in lock-step, recording decisions."""
 
     def __init__(self, rule_sets: Sequence[Rules], is_named_account: Callable[[str], bool],
-                 count_from: float | None = None, fast: bool = True) -> None:
+                 count_from: float | None = None) -> None:
         self.rule_sets = list(rule_sets)
-        self.fast = fast
         self.contexts = [Context(rules=r, router_version=__version__, emitted_at=REPLAY_TIME,
                                  is_named_account=is_named_account) for r in rule_sets]
         self.states: list[dict[str, LeadState]] = [{} for _ in rule_sets]
@@ -304,27 +299,10 @@ class Replayer:
             state = states.get(lead)
             if state is None:
                 state = states[lead] = LeadState(lead)
-            if not self.fast:
-                if isinstance(event, Touchpoint):
-                    transitions = apply_touchpoint(state, event, ctx)
-                elif isinstance(event, LeadProfile):
-                    transitions = apply_profile(state, event, ctx)
-                elif state.stage is Stage.SQL:
-                    transitions = apply_recycle(state, state.cycle, event.reason,
-                                                event.trigger, event.occurred_at, ctx)
-                else:
-                    transitions = []
-            elif isinstance(event, Touchpoint):
-                # apply_touchpoint, minus the assessment when no stage can move: every MQL and
-                # SQL path needs an intent touchpoint in the window (SPEC §3); a test replays
-                # the demo traffic both ways and finds the same decisions
-                transitions = decide(state, event.event_id, event.occurred_at, ctx) if (
-                    record_touchpoint(state, event, ctx.rules, ctx.is_named_account)
-                    and state.last_intent is not None and state.stage is not Stage.SQL) else []
+            if isinstance(event, Touchpoint):
+                transitions = apply_touchpoint(state, event, ctx)
             elif isinstance(event, LeadProfile):
-                transitions = decide(state, profile_trigger(event), event.updated_at, ctx) if (
-                    record_profile(state, event)
-                    and state.last_intent is not None and state.stage is not Stage.SQL) else []
+                transitions = apply_profile(state, event, ctx)
             elif state.stage is Stage.SQL:  # only a lead sales held can be recycled
                 transitions = apply_recycle(state, state.cycle, event.reason, event.trigger,
                                             event.occurred_at, ctx)
@@ -362,9 +340,8 @@ class Replayer:
 def replay_events(events: Sequence[Ordered], rule_sets: Sequence[Rules],
                   is_named_account: Callable[[str], bool], count_from: float | None = None,
                   keep_states: bool = False,
-                  tick: Callable[[int], None] | None = None, fast: bool = True
-                  ) -> ReplayResult:
-    replayer = Replayer(rule_sets, is_named_account, count_from, fast)
+                  tick: Callable[[int], None] | None = None) -> ReplayResult:
+    replayer = Replayer(rule_sets, is_named_account, count_from)
     for n, (_, _, mask, event) in enumerate(events, 1):
         replayer.apply(event, mask)
         if tick is not None and n % 2000 == 0:

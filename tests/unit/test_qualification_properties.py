@@ -254,3 +254,26 @@ def test_bounded_pricing_state_decides_like_a_brute_force(
     assert a.sql_intent is (brute >= need)
     assert min(held, need) == min(brute, need)
     assert held <= brute
+
+
+@SETTINGS
+@given(data=st.data(), touches=touchpoint_lists(max_size=16), profile=PROFILES)
+def test_no_intent_in_the_window_means_no_stage_can_move(
+    data: st.DataObject, touches: list[Touchpoint], profile: LeadProfile
+) -> None:
+    """decide() skips the assessment while the window holds no intent touchpoint; at every
+    such moment the full assessment must agree that no MQL or SQL path is open."""
+    events = with_profile(data.draw, touches, profile)
+    state = LeadState(LEAD)
+    for event in events:
+        if isinstance(event, Touchpoint):
+            apply_touchpoint(state, event, CONTEXT)
+        else:
+            apply_profile(state, event, CONTEXT)
+        intent_touches = [*state.pricing, *([state.last_tts] if state.last_tts else [])]
+        if intent_touches:  # pricing views and talk-to-sales are intent types
+            assert state.last_intent is not None and state.last_intent >= max(intent_touches)
+        if state.last_intent is None and state.stage is not Stage.SQL:
+            a = assess(state, RULES, CONTEXT.is_named_account)
+            assert not (a.mql or a.sql_standard or a.sql_direct or a.sql_abm), a.detail
+

@@ -141,27 +141,6 @@ def test_split_by_lead_across_processes_gives_the_same_result() -> None:
     assert len([d for d in parallel.decisions if d.type == "lead.sql"]) == 40 * 2 + 40 * 1
 
 
-def test_the_fast_path_decides_exactly_as_the_domain_functions_on_demo_traffic() -> None:
-    """The replay skips the assessment while a lead has no intent in its window; the demo's
-    traffic (cold, warm and hot leads, broken events) replayed both ways must agree."""
-    from router.harness.traffic import TrafficGenerator
-    from router.tools.replay import replay_events
-
-    gen = TrafficGenerator(leads=300, seed=3)
-    records = []
-    for i in range(6000):
-        now = fx.T0 + timedelta(minutes=7 * i)  # ~29 days: windows fill and expire
-        for kind, key, value in gen.next_events(now):
-            topic = TOUCHPOINTS if kind == "touchpoint" else PROFILES
-            records.append(fx.record(topic, i, value, key.decode(), now))
-    events = decode_records(records, [DEFAULT, STRICT])
-    fast = replay_events(events, [DEFAULT, STRICT], lambda d: d == "hooli.com")
-    slow = replay_events(events, [DEFAULT, STRICT], lambda d: d == "hooli.com", fast=False)
-    assert sorted(summary(fast)) == sorted(summary(slow))
-    assert len([d for d in fast.decisions if d.type == "lead.sql"]) >= 20  # not a vacuous run
-    assert fast.best == slow.best and fast.why == slow.why
-
-
 def test_the_prune_shortcut_leaves_every_decision_as_the_full_filter_gives_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """_prune skips its filter when the oldest touch is still in the window (a replay speed-up);
