@@ -43,6 +43,8 @@ def parse_rfc3339(value: Any) -> datetime:
         raise ValueError(f"expected an RFC 3339 timestamp string, got {type(value).__name__}")
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValueError("timestamp has no UTC offset (add Z or +hh:mm)")
+    if 1 < parsed.year < 9999:  # an offset is under a day: only years 1 and 9999 can overflow
+        return parsed
     try:  # e.g. 0001-01-01T00:00:00+01:00 is year 0 in UTC: every output would fail to format
         parsed.astimezone(UTC)
     except OverflowError:

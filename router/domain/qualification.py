@@ -46,6 +46,7 @@ Touch = tuple[float, str, str, str | None]
 
 STATE_FORMAT = 1
 _TOPIC_MAX = 80
+_STAGE_OF: dict[str, Stage] = {stage.value: stage for stage in Stage}  # faster than Stage(v)
 
 
 @dataclass(slots=True)
@@ -102,7 +103,7 @@ class LeadState:
         return cls(
             lead_id=raw["id"],
             cycle=raw["c"],
-            stage=Stage(raw["s"]),
+            stage=_STAGE_OF.get(raw["s"]) or Stage(raw["s"]),  # Stage(): ValueError if unknown
             newest_ts=raw["n"],
             recent=list(map(tuple, raw["r"])),  # 4-lists on the wire: Touch tuples here
             last_intent=touch(raw["i"]),

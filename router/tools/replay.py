@@ -51,6 +51,7 @@ from router.domain.qualification import (
 )
 from router.domain.routing import RouteRequest
 from router.domain.rules import SENIORITY_RANK, Rules
+from router.gc_tuning import bulk_work
 from router.service.qualifier import route_request
 from router.tools.history import ACTIVITY, PROFILES, TOUCHPOINTS, HistoryRecord
 
@@ -416,6 +417,15 @@ def replay(records: Sequence[HistoryRecord], rule_sets: Sequence[Rules],
     shows a bar on stderr (tqdm) counting the events applied. Fewer than `parallel_from`
     records are replayed in this process: forking costs more than they do.
     """
+    with bulk_work():
+        return _replay(records, rule_sets, accounts, count_from, future_check, workers,
+                       progress, parallel_from, skip)
+
+
+def _replay(records: Sequence[HistoryRecord], rule_sets: Sequence[Rules],
+            accounts: Iterable[str], count_from: float | None, future_check: bool,
+            workers: int, progress: bool, parallel_from: int,
+            skip: frozenset[tuple[str, int, int]]) -> ReplayResult:
     global _JOB, _COUNTER
     job = _Job(records, rule_sets, frozenset(a.lower() for a in accounts), count_from,
                future_check, max(1, workers), skip)

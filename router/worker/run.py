@@ -11,6 +11,7 @@ import logging.config
 from router.adapters.broker_kind import WrongBroker, quirks_for
 from router.adapters.topics import Topics, prepare_broker
 from router.domain.rules import load_rules
+from router.gc_tuning import tune_for_throughput
 from router.logs import logging_config
 from router.settings import Settings
 from router.worker.app import RouterApp
@@ -56,5 +57,6 @@ def run_worker(settings: Settings) -> None:
             "web": f"http://{settings.web_host}:{settings.web_port}",
         },
     )
+    tune_for_throughput()
     asyncio.run(RouterApp(settings, rules).run())
     log.info("worker stopped")

@@ -442,7 +442,8 @@ def test_an_internal_error_dead_letters_the_record_and_the_batch_goes_on() -> No
 
     q = Qualifier(RULES, TOPICS, "1.2.3", is_named_account=flaky_lookup)
     store = Store()
-    bad = touch(event_id="x-1", lead_id="L-x", type="page_view",
+    # an intent touch, so that the lead is assessed (which asks about its account's domain)
+    bad = touch(event_id="x-1", lead_id="L-x", type="pricing_page_view",
                 occurred_at=(NOW - timedelta(minutes=5)).isoformat(),
                 account_domain="boom.example")
     records = [
