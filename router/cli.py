@@ -203,7 +203,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
 
 
 def _cmd_notify(args: argparse.Namespace) -> int:
-    from router.notify import main as notify_main
+    from router.notify.cli import main as notify_main
 
     return notify_main(args)
 
@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_chaos_arguments(p)
     p.set_defaults(func=_cmd_chaos)
 
-    from router.notify import add_arguments as add_notify_arguments
+    from router.notify.cli import add_arguments as add_notify_arguments
 
     p = sub.add_parser("notify", help="post assignments and SLA alerts to a Slack-compatible"
                        " webhook", allow_abbrev=False)
