@@ -6,7 +6,8 @@ Inputs on the internal routing topic (one partition, so one decider at a time):
   {"kind": "tick", "at": epoch}            the leader's clock, so time-based changes (a rep back
                                            from out-of-office) drain queues in the same order
 Outputs: Assignment events, dead letters for activity from a rep who does not hold the lead,
-and the changed routing-state records. No Kafka here; the faust agent moves the bytes.
+and the changed routing-state records. No Kafka here; the partition processor
+(router/worker/pipeline) moves the bytes.
 
 Replays: the state carries the offset of the last routing record applied, written with the
 state itself. Records at or below it are skipped, so a replay after a crash never applies an

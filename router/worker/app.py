@@ -17,8 +17,7 @@ Commit order: see router.worker.pipeline.processor (exactly-once: outputs, chang
 offsets in one transaction per task and batch; at-least-once: outputs acked, then changelog
 acked, then offsets committed, with deterministic output ids).
 
-No faust here: it remains for the benchmark's floor only (`new_faust_app`). The worker's web
-server is plain aiohttp (faust's was too), and its views read the processor's stores.
+The web server is plain aiohttp, and its views read the processor's stores.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -67,9 +66,6 @@ from router.worker.pipeline.processor import PartitionProcessor, TaskResult
 from router.worker.pipeline.processor import Stage as PipelineStage
 from router.worker.pipeline.store import PartitionStore
 
-if TYPE_CHECKING:
-    import faust
-
 log = logging.getLogger(__name__)
 
 STATE_TABLE = "lead-state"
@@ -77,53 +73,6 @@ ROUTING_TABLE = "routing-state"
 PROMETHEUS_MEDIA_TYPE = CONTENT_TYPE_LATEST.split(";")[0]
 CLOCK_SECONDS = 1.0
 GAUGE_SECONDS = 5.0
-
-
-def broker_credentials(settings: Settings) -> Any:
-    """The same connection security as kafka_client_kwargs, in faust's terms."""
-    import faust
-
-    context = settings.ssl_context()
-    if settings.security_protocol.startswith("SASL"):
-        return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.password(),
-            ssl_context=context,
-            mechanism=settings.sasl_mechanism,
-        )
-    if context is not None:
-        return faust.SSLCredentials(context)
-    return None
-
-
-def new_faust_app(s: Settings, app_id: str, *, web_enabled: bool, store: str) -> faust.App:
-    """The faust settings of the benchmark's floor (router.harness.bench.floor): the broker
-    settings the worker used when it ran on faust, so the floor stays comparable."""
-    import faust
-
-    return faust.App(
-        app_id,
-        broker=s.broker,
-        store=store,
-        autodiscover=False,
-        topic_partitions=s.partitions,
-        topic_replication_factor=s.replication_factor,
-        datadir=s.data_dir,
-        web_enabled=web_enabled,
-        web_bind=s.web_host,
-        web_host=s.web_host,
-        web_port=s.web_port,
-        canonical_url=s.advertised_url(),
-        broker_session_timeout=s.session_timeout_seconds,
-        broker_heartbeat_interval=max(0.5, s.session_timeout_seconds / 5),
-        broker_commit_interval=1.0,
-        consumer_auto_offset_reset="earliest",
-        processing_guarantee="at_least_once",
-        producer_acks=-1,
-        producer_linger_ms=1,
-        table_standby_replicas=0,
-        broker_credentials=broker_credentials(s),
-    )
 
 
 class StageStores:
@@ -299,8 +248,8 @@ class RouterApp:
             await runner.cleanup()
 
     async def clock(self) -> None:
-        """The routing owner's clock onto the routing stream (was faust's leader timer): in
-        the stream, so ticks are ordered with the SQLs and activity they drain queues for."""
+        """The routing owner's clock onto the routing stream: in the stream, so ticks are
+        ordered with the SQLs and activity they drain queues for."""
         if self.processor.owns(ROUTING, 0):
             await self._send([Output(self.topics.routing, b"tick", tick(datetime.now(UTC)),
                                      partition=0)])
