@@ -3,8 +3,9 @@
 Stages (router.worker.pipeline, one consumer-group member, every input path):
   leads    partition p of leads.touchpoints + leads.profiles + the recycle topic
            (-> router.service.qualifier, lead state in the "lead-state" store) and of
-           sales.activity (validated onto the routing stream, or dead-lettered); co-partitioned
-           by lead, so one task, one store, one transaction per partition and batch
+           sales.activity (validated onto the routing stream, or dead-lettered), with the
+           misplaced records forwarded: router.service.leads_stage; co-partitioned by lead,
+           so one task, one store, one transaction per partition and batch
   routing  the internal routing stream (ONE partition: one decider, so round-robin cursors,
            open-lead counts and queues are exact with any number of workers)
            -> router.service.routing_stage, state in memory + the "routing-state" changelog
@@ -26,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -50,14 +50,13 @@ from router.domain.rules import Rules
 from router.metrics import (
     ASSIGNED_PARTITIONS,
     CONSUMER_LAG,
-    MISPLACED_RECORDS,
     NAMED_ACCOUNTS,
     READY,
     REGISTRY,
 )
-from router.service.partitioning import forwards, split_misplaced
+from router.service.leads_stage import LeadsStage
 from router.service.qualifier import Output, Qualifier, Record
-from router.service.routing_stage import RoutingStage, forward_activity, tick
+from router.service.routing_stage import RoutingStage, tick
 from router.settings import Settings, bootstrap_servers
 from router.worker.inspect_views import Inspector, register
 from router.worker.pipeline.assignor import CoPartitionedAssignor
@@ -121,10 +120,12 @@ class RouterApp:
             fetch_max_wait_ms=settings.fetch_wait_ms(),
             client_kwargs=settings.kafka_client_kwargs(),
         )
-        self.misplaced_logged: set[str] = set()  # topics already warned about
         self.qualifier = Qualifier(
             rules, topics, __version__, lambda domain: domain in self.accounts.values
         )
+        self.leads = LeadsStage(rules, topics, __version__, self.qualifier,
+                                partitions=settings.partitions,
+                                repartition=settings.misplaced_records == "repartition")
         self.routing = RoutingStage(
             rules, topics, __version__, self.reps.values, self.accounts.values
         )
@@ -159,42 +160,8 @@ class RouterApp:
 
     def _leads(self, partition: int, records: list[Record], store: PartitionStore,
                now: datetime) -> TaskResult:
-        activity = self.topics.activity
-        forward_to = self.topics.repartitioned  # sales activity goes to the one routing partition
-        placed, misplaced = split_misplaced(records, self.settings.partitions, forward_to)
-        forwarded: list[Output] = []
-        if misplaced:
-            self._report_misplaced(misplaced)
-            if self.settings.misplaced_records == "repartition":
-                records, forwarded = placed, forwards(misplaced, forward_to)
-        leads = [r for r in records if r.topic != activity]
-        result = TaskResult(outputs=forwarded)
-        if leads:
-            decided = self.qualifier.process(leads, now, store.get)
-            result.outputs += decided.outputs
-            result.writes = [(key, value) for key, (_p, value) in decided.state_writes.items()]
-        if len(leads) != len(records):
-            result.outputs += [forward_activity(r, self.rules, self.topics, now, __version__)
-                               for r in records if r.topic == activity]
-        return result
-
-    def _report_misplaced(self, misplaced: list[tuple[Record, int]]) -> None:
-        """Never silent about a producer with another partitioner (service/partitioning.py):
-        a metric per topic, and one warning per topic with an example key."""
-        for topic, count in Counter(r.topic for r, _p in misplaced).items():
-            MISPLACED_RECORDS.labels(topic).inc(count)
-        for r, expected in misplaced:
-            if r.topic in self.misplaced_logged:
-                continue
-            self.misplaced_logged.add(r.topic)
-            log.warning("records keyed for another partition: their producer does not use"
-                        " Kafka's default (murmur2) partitioner, so a lead whose records come"
-                        " from several producers is split across partitions (README,"
-                        " Producers)", extra={
-                            "topic": r.topic, "example_key": (r.key or b"").decode(
-                                errors="replace"),
-                            "arrived_on": r.partition, "murmur2_partition": expected,
-                            "partitions": self.settings.partitions})
+        decided = self.leads.process(records, now, store.get)
+        return TaskResult(decided.outputs, decided.writes)
 
     def _route(self, partition: int, records: list[Record], store: PartitionStore,
                now: datetime) -> TaskResult:
