@@ -144,8 +144,8 @@ def test_split_by_lead_across_processes_gives_the_same_result() -> None:
 def test_the_fast_path_decides_exactly_as_the_domain_functions_on_demo_traffic() -> None:
     """The replay skips the assessment while a lead has no intent in its window; the demo's
     traffic (cold, warm and hot leads, broken events) replayed both ways must agree."""
-    from router.harness.traffic import TrafficGenerator
     from router.tools.replay import replay_events
+    from router.tools.traffic_model import TrafficGenerator
 
     gen = TrafficGenerator(leads=300, seed=3)
     records = []
