@@ -42,7 +42,7 @@ from router.domain.qualification import (
 from router.domain.routing import RouteRequest
 from router.domain.rules import Rules
 from router.metrics import DEAD_LETTERS, PROFILES, RECYCLED, TOUCHPOINTS, TRANSITIONS
-from router.service.decay import DecayIndex
+from router.service.decay_index import DecayIndex
 
 log = logging.getLogger(__name__)
 
