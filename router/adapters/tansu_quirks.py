@@ -5,34 +5,28 @@ none of this runs. Each workaround has a test in tests/integration/test_tansu_qu
 shows the broker behaviour it works around (see ../shared/BROKER.md for the measurements).
 
 1. ListOffsets reports the end of a partition as "first offset of the last batch + 1", not
-   "last offset + 1". Faust trusts that number to decide when table recovery is complete, so
-   recovery stopped early and a worker resumed on stale state. The Fetch response's high
-   watermark is right, so `fetch_end_offsets` reads one fetch per partition and uses that.
-2. A fetch waits its whole `fetch_max_wait_ms` even when data is there. Faust hard-codes
-   1500 ms; the worker lowers it for every broker (see `router.worker.app`), which is harmless
-   on Kafka (where a fetch returns as soon as data arrives) and essential here.
+   "last offset + 1". The Fetch response's high watermark is right, so `fetch_end_offsets`
+   reads one fetch per partition and uses that (the tools, the bench and the chaos harness
+   call it; the partition processor restores to the Fetch response's end on every broker).
+2. A fetch waits its whole `fetch_max_wait_ms` even when data is there. The worker's fetch
+   wait is chosen for the broker (`Settings.fetch_wait_ms`: 100 ms here, 500 ms on Kafka,
+   where a fetch returns as soon as data arrives).
 3. No idempotent or transactional producer: the worker never asks for one on this broker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-
-log = logging.getLogger(__name__)
-
-_installed = False
 
 
 async def fetch_end_offsets(
     bootstrap: list[str], partitions: Iterable[TopicPartition], timeout: float = 10.0
 ) -> dict[TopicPartition, int]:
     """End offsets (last offset + 1) taken from Fetch high watermarks, not from ListOffsets."""
-    # faust passes its own TP namedtuple; aiokafka insists on its TopicPartition
+    # callers may pass any (topic, partition) pair; aiokafka insists on its TopicPartition
     tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
     if not tps:
         return {}
@@ -65,25 +59,3 @@ async def fetch_end_offsets(
     finally:
         await consumer.stop()
 
-
-def install_faust_recovery_fix() -> None:
-    """Make faust's table recovery wait for the true end of each changelog partition."""
-    global _installed
-    if _installed:
-        return
-    from faust.transport.drivers import aiokafka as faust_aiokafka
-
-    thread_cls: Any = faust_aiokafka.AIOKafkaConsumerThread
-    original = thread_cls._highwaters
-
-    async def _highwaters(self: Any, partitions: list[TopicPartition]) -> Mapping[Any, int]:
-        consumer = self._ensure_consumer()
-        if self.consumer.in_transaction:
-            return await original(self, partitions)  # type: ignore[no-any-return]
-        bootstrap = consumer._client._bootstrap_servers
-        fixed = await fetch_end_offsets(bootstrap, partitions)
-        log.debug("end offsets from fetch high watermarks", extra={"offsets": str(fixed)})
-        return {tp: fixed[TopicPartition(tp.topic, tp.partition)] for tp in partitions}
-
-    thread_cls._highwaters = _highwaters
-    _installed = True

@@ -30,11 +30,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from router.adapters.topics import Topics
 from router.harness.brokers import BrokerError, KafkaBroker, TansuBroker, describe, local_broker
-from router.harness.traffic import TrafficGenerator
 from router.harness.workers import WorkerProcess
 from router.logs import mask_name
 from router.settings import Settings, bootstrap_servers
 from router.tools.roster import apply_roster, load_roster
+from router.tools.traffic_model import TrafficGenerator
 
 PANEL_SECONDS = 2.0
 DEMO_ROSTER = str(resources.files("router") / "harness/demo_roster.yaml")

@@ -1,7 +1,7 @@
 """Running workers as child processes on this machine: the demo, benchmarks and tests use it.
 
 A worker runs as its own process (exactly as `leadrouter worker` does in production), so the
-tests exercise the real CLI, settings and faust worker, and can SIGKILL it like a crash would.
+tests exercise the real CLI, settings and worker, and can SIGKILL it like a crash would.
 """
 
 from __future__ import annotations

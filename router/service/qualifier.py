@@ -1,7 +1,8 @@
 """The qualification handler: a batch of raw input records in, state writes and outputs out.
 
-No Kafka here: the faust agent (router/worker/app.py) hands us records and publishes what we
-return, so this layer is tested with plain lists. Per batch, each lead's state is decoded once,
+No Kafka here: the partition processor (router/worker/pipeline) hands the leads stage
+(router/service/leads_stage.py) records and publishes what we return, so this layer is tested
+with plain lists. Per batch, each lead's state is decoded once,
 every event for it is applied in offset order, and it is encoded once: one state write per key
 per batch, which is what keeps the per-event cost low.
 """
@@ -41,7 +42,7 @@ from router.domain.qualification import (
 from router.domain.routing import RouteRequest
 from router.domain.rules import Rules
 from router.metrics import DEAD_LETTERS, PROFILES, RECYCLED, TOUCHPOINTS, TRANSITIONS
-from router.service.decay import DecayIndex
+from router.service.decay_index import DecayIndex
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ Inputs on the internal routing topic (one partition, so one decider at a time):
   {"kind": "tick", "at": epoch}            the leader's clock, so time-based changes (a rep back
                                            from out-of-office) drain queues in the same order
 Outputs: Assignment events, dead letters for activity from a rep who does not hold the lead,
-and the changed routing-state records. No Kafka here; the faust agent moves the bytes.
+and the changed routing-state records. No Kafka here; the partition processor
+(router/worker/pipeline) moves the bytes.
 
 Replays: the state carries the offset of the last routing record applied, written with the
 state itself. Records at or below it are skipped, so a replay after a crash never applies an
@@ -26,11 +27,9 @@ import orjson
 
 from router.adapters.topics import Topics
 from router.adapters.wire import (
-    DEAD_LETTER_VALUE_LIMIT,
     Refused,
     dead_letter,
     dead_letter_key,
-    decode,
     encode,
 )
 from router.domain.events import (
@@ -42,7 +41,6 @@ from router.domain.events import (
     SlaEvent,
     TraceEntry,
 )
-from router.domain.qualification import event_time_problem
 from router.domain.routing import (
     Decision,
     RouteRequest,
@@ -83,31 +81,6 @@ class StageResult:
     outputs: list[Output] = field(default_factory=list)
     state_writes: dict[bytes, bytes | None] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
-
-
-def forward_activity(record: Record, rules: Rules, topics: Topics, now: datetime,
-                     router_version: str) -> Output:
-    """sales.activity -> the routing stream (valid) or the dead-letter topic (invalid)."""
-    try:
-        activity = decode(SalesActivity, record.key, record.value, rules)
-        problem = event_time_problem(activity.occurred_at, now, rules)
-        if problem:
-            raise Refused("future_event", f"field 'occurred_at': {problem}")
-    except Refused as refused:
-        DEAD_LETTERS.labels(record.topic, refused.reason).inc()
-        letter = dead_letter(refused, topic=record.topic, partition=record.partition,
-                             offset=record.offset, key=record.key, value=record.value,
-                             received_at=now, router_version=router_version)
-        return Output(topics.deadletter, dead_letter_key(record.key), encode(letter))
-    # Only what a not_holder dead letter can keep (dead_letter() cuts the value to
-    # DEAD_LETTER_VALUE_LIMIT bytes and marks it truncated): the whole value of a 1 MiB input,
-    # escaped once more, would make a routing record over the producer's request-size limit.
-    kept = record.value[: DEAD_LETTER_VALUE_LIMIT + 4] if record.value else None
-    source = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
-              "value": kept.decode("utf-8", "ignore") if kept else None}
-    value = orjson.dumps({"kind": "activity", "activity": activity.model_dump(mode="json"),
-                          "source": source})
-    return Output(topics.routing, record.key, value)
 
 
 def tick(now: datetime) -> bytes:

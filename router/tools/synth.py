@@ -17,7 +17,6 @@ from typing import IO
 
 import orjson
 
-from router.harness.traffic import TrafficGenerator
 from router.tools.history import (
     ACCOUNTS,
     ACTIVITY,
@@ -27,6 +26,7 @@ from router.tools.history import (
     HistoryRecord,
     record_line,
 )
+from router.tools.traffic_model import TrafficGenerator
 
 REASONS = ["bad_timing", "no_fit", "could_not_reach", "no_budget", "wrong_role"]
 

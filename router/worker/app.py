@@ -3,8 +3,9 @@
 Stages (router.worker.pipeline, one consumer-group member, every input path):
   leads    partition p of leads.touchpoints + leads.profiles + the recycle topic
            (-> router.service.qualifier, lead state in the "lead-state" store) and of
-           sales.activity (validated onto the routing stream, or dead-lettered); co-partitioned
-           by lead, so one task, one store, one transaction per partition and batch
+           sales.activity (validated onto the routing stream, or dead-lettered), with the
+           misplaced records forwarded: router.service.leads_stage; co-partitioned by lead,
+           so one task, one store, one transaction per partition and batch
   routing  the internal routing stream (ONE partition: one decider, so round-robin cursors,
            open-lead counts and queues are exact with any number of workers)
            -> router.service.routing_stage, state in memory + the "routing-state" changelog
@@ -17,8 +18,7 @@ Commit order: see router.worker.pipeline.processor (exactly-once: outputs, chang
 offsets in one transaction per task and batch; at-least-once: outputs acked, then changelog
 acked, then offsets committed, with deterministic output ids).
 
-No faust here: it remains for the benchmark's floor only (`new_faust_app`). The worker's web
-server is plain aiohttp (faust's was too), and its views read the processor's stores.
+The web server is plain aiohttp, and its views read the processor's stores.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -51,14 +50,13 @@ from router.domain.rules import Rules
 from router.metrics import (
     ASSIGNED_PARTITIONS,
     CONSUMER_LAG,
-    MISPLACED_RECORDS,
     NAMED_ACCOUNTS,
     READY,
     REGISTRY,
 )
-from router.service.partitioning import forwards, split_misplaced
+from router.service.leads_stage import LeadsStage
 from router.service.qualifier import Output, Qualifier, Record
-from router.service.routing_stage import RoutingStage, forward_activity, tick
+from router.service.routing_stage import RoutingStage, tick
 from router.settings import Settings, bootstrap_servers
 from router.worker.inspect_views import Inspector, register
 from router.worker.pipeline.assignor import CoPartitionedAssignor
@@ -67,9 +65,6 @@ from router.worker.pipeline.processor import PartitionProcessor, TaskResult
 from router.worker.pipeline.processor import Stage as PipelineStage
 from router.worker.pipeline.store import PartitionStore
 
-if TYPE_CHECKING:
-    import faust
-
 log = logging.getLogger(__name__)
 
 STATE_TABLE = "lead-state"
@@ -77,53 +72,6 @@ ROUTING_TABLE = "routing-state"
 PROMETHEUS_MEDIA_TYPE = CONTENT_TYPE_LATEST.split(";")[0]
 CLOCK_SECONDS = 1.0
 GAUGE_SECONDS = 5.0
-
-
-def broker_credentials(settings: Settings) -> Any:
-    """The same connection security as kafka_client_kwargs, in faust's terms."""
-    import faust
-
-    context = settings.ssl_context()
-    if settings.security_protocol.startswith("SASL"):
-        return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.password(),
-            ssl_context=context,
-            mechanism=settings.sasl_mechanism,
-        )
-    if context is not None:
-        return faust.SSLCredentials(context)
-    return None
-
-
-def new_faust_app(s: Settings, app_id: str, *, web_enabled: bool, store: str) -> faust.App:
-    """The faust settings of the benchmark's floor (router.harness.bench.floor): the broker
-    settings the worker used when it ran on faust, so the floor stays comparable."""
-    import faust
-
-    return faust.App(
-        app_id,
-        broker=s.broker,
-        store=store,
-        autodiscover=False,
-        topic_partitions=s.partitions,
-        topic_replication_factor=s.replication_factor,
-        datadir=s.data_dir,
-        web_enabled=web_enabled,
-        web_bind=s.web_host,
-        web_host=s.web_host,
-        web_port=s.web_port,
-        canonical_url=s.advertised_url(),
-        broker_session_timeout=s.session_timeout_seconds,
-        broker_heartbeat_interval=max(0.5, s.session_timeout_seconds / 5),
-        broker_commit_interval=1.0,
-        consumer_auto_offset_reset="earliest",
-        processing_guarantee="at_least_once",
-        producer_acks=-1,
-        producer_linger_ms=1,
-        table_standby_replicas=0,
-        broker_credentials=broker_credentials(s),
-    )
 
 
 class StageStores:
@@ -172,10 +120,12 @@ class RouterApp:
             fetch_max_wait_ms=settings.fetch_wait_ms(),
             client_kwargs=settings.kafka_client_kwargs(),
         )
-        self.misplaced_logged: set[str] = set()  # topics already warned about
         self.qualifier = Qualifier(
             rules, topics, __version__, lambda domain: domain in self.accounts.values
         )
+        self.leads = LeadsStage(rules, topics, __version__, self.qualifier,
+                                partitions=settings.partitions,
+                                repartition=settings.misplaced_records == "repartition")
         self.routing = RoutingStage(
             rules, topics, __version__, self.reps.values, self.accounts.values
         )
@@ -210,42 +160,8 @@ class RouterApp:
 
     def _leads(self, partition: int, records: list[Record], store: PartitionStore,
                now: datetime) -> TaskResult:
-        activity = self.topics.activity
-        forward_to = self.topics.repartitioned  # sales activity goes to the one routing partition
-        placed, misplaced = split_misplaced(records, self.settings.partitions, forward_to)
-        forwarded: list[Output] = []
-        if misplaced:
-            self._report_misplaced(misplaced)
-            if self.settings.misplaced_records == "repartition":
-                records, forwarded = placed, forwards(misplaced, forward_to)
-        leads = [r for r in records if r.topic != activity]
-        result = TaskResult(outputs=forwarded)
-        if leads:
-            decided = self.qualifier.process(leads, now, store.get)
-            result.outputs += decided.outputs
-            result.writes = [(key, value) for key, (_p, value) in decided.state_writes.items()]
-        if len(leads) != len(records):
-            result.outputs += [forward_activity(r, self.rules, self.topics, now, __version__)
-                               for r in records if r.topic == activity]
-        return result
-
-    def _report_misplaced(self, misplaced: list[tuple[Record, int]]) -> None:
-        """Never silent about a producer with another partitioner (service/partitioning.py):
-        a metric per topic, and one warning per topic with an example key."""
-        for topic, count in Counter(r.topic for r, _p in misplaced).items():
-            MISPLACED_RECORDS.labels(topic).inc(count)
-        for r, expected in misplaced:
-            if r.topic in self.misplaced_logged:
-                continue
-            self.misplaced_logged.add(r.topic)
-            log.warning("records keyed for another partition: their producer does not use"
-                        " Kafka's default (murmur2) partitioner, so a lead whose records come"
-                        " from several producers is split across partitions (README,"
-                        " Producers)", extra={
-                            "topic": r.topic, "example_key": (r.key or b"").decode(
-                                errors="replace"),
-                            "arrived_on": r.partition, "murmur2_partition": expected,
-                            "partitions": self.settings.partitions})
+        decided = self.leads.process(records, now, store.get)
+        return TaskResult(decided.outputs, decided.writes)
 
     def _route(self, partition: int, records: list[Record], store: PartitionStore,
                now: datetime) -> TaskResult:
@@ -299,8 +215,8 @@ class RouterApp:
             await runner.cleanup()
 
     async def clock(self) -> None:
-        """The routing owner's clock onto the routing stream (was faust's leader timer): in
-        the stream, so ticks are ordered with the SQLs and activity they drain queues for."""
+        """The routing owner's clock onto the routing stream: in the stream, so ticks are
+        ordered with the SQLs and activity they drain queues for."""
         if self.processor.owns(ROUTING, 0):
             await self._send([Output(self.topics.routing, b"tick", tick(datetime.now(UTC)),
                                      partition=0)])

@@ -20,7 +20,7 @@ from router.tools.report import REPORT_TOPICS, build_report
 from router.tools.simulate import simulate
 from tests.integration.conftest import collect, send
 from tests.unit import tools_fixtures as fx
-from tests.unit.test_replay import STRICT
+from tests.unit.tools_fixtures import STRICT
 
 
 def shifted(event: dict[str, Any], base: datetime) -> dict[str, Any]:

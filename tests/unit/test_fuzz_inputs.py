@@ -46,8 +46,8 @@ from router.domain.events import (
 )
 from router.domain.qualification import LeadState
 from router.domain.rules import load_rules
+from router.service.leads_stage import forward_activity
 from router.service.qualifier import Qualifier, Record
-from router.service.routing_stage import forward_activity
 
 RULES = load_rules()
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)

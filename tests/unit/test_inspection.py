@@ -21,7 +21,7 @@ from router.service.inspection import (
     rep_view,
     routing_part,
 )
-from tests.unit.test_qualification import LEAD, profile, run, tp
+from tests.unit.builders import LEAD, profile, run, tp
 
 RULES = load_rules()
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

@@ -26,8 +26,7 @@ import pytest
 
 from router.tools.pages import report_page, simulate_page
 from router.tools.report import build_report
-from tests.unit.test_report import week
-from tests.unit.test_simulate import run
+from tests.unit.tools_fixtures import simulate_strict, week
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts" / "pages"
 REPORT_CHARTS = {"funnel", "reasons", "speed", "sla", "trend"}
@@ -171,7 +170,7 @@ async def test_the_page_renders_offline_with_every_chart_and_no_console_error(
     if name == "report":
         html, expected = report_page(build_report(week(), _everything())), REPORT_CHARTS
     else:
-        html, expected = simulate_page(run(week())), SIMULATE_CHARTS
+        html, expected = simulate_page(simulate_strict(week())), SIMULATE_CHARTS
     assert "<script src=" not in html  # plotly.js inlined, never fetched
     charts, problems = await render(html, name, tmp_path)
     assert problems == []

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import pytest
 
-from router.domain.events import LeadProfile, Stage, Touchpoint, Transition
+from router.domain.events import Stage, Touchpoint, Transition
 from router.domain.qualification import (
     Assessment,
-    Context,
     LeadState,
     apply_profile,
     apply_touchpoint,
@@ -26,93 +24,25 @@ from router.domain.qualification import (
     score,
 )
 from router.domain.rules import Rules, load_rules, parse_rules
+from tests.unit.builders import (
+    LEAD,
+    NAMED_ACCOUNTS,
+    T0,
+    Event,
+    apply,
+    at,
+    ctx,
+    profile,
+    run,
+    tp,
+)
 
 RULES = load_rules()
-T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
-LEAD = "L-1"
-NAMED_ACCOUNTS = frozenset({"bigco.com"})
 
 
 # --------------------------------------------------------------------------------------------
-# Builders
+# Builders (the shared ones, profile, tp, run and the like, are in tests/unit/builders.py)
 # --------------------------------------------------------------------------------------------
-
-
-def at(day: float) -> datetime:
-    return T0 + timedelta(days=day)
-
-
-def profile(
-    *,
-    seniority: str = "director",
-    role: str = "decision_maker",
-    employees: int | None = 420,
-    industry: str | None = "saas",
-    domain: str = "acme.io",
-    day: float = 0,
-    company: bool = True,
-    **extra: Any,
-) -> LeadProfile:
-    """A lead that is fit with SQL authority unless told otherwise."""
-    data: dict[str, Any] = {
-        "lead_id": LEAD,
-        "updated_at": at(day).isoformat(),
-        "seniority": seniority,
-        "buying_role": role,
-        **extra,
-    }
-    if company:
-        data["company"] = {"name": "Acme", "domain": domain, "employees": employees,
-                           "industry": industry}
-    return LeadProfile.model_validate(data)
-
-
-def tp(
-    type: str,
-    day: float = 0,
-    *,
-    id: str | None = None,
-    domain: str | None = None,
-    score: Any = None,
-    **props: Any,
-) -> Touchpoint:
-    """A touchpoint `day` days after T0; its id defaults to `<type>-d<day>`."""
-    properties = dict(props)
-    if score is not None:
-        properties["score"] = score
-    return Touchpoint.model_validate(
-        {
-            "event_id": id or f"{type}-d{day:g}",
-            "lead_id": LEAD,
-            "type": type,
-            "occurred_at": at(day).isoformat(),
-            "account_domain": domain,
-            "properties": properties,
-        }
-    )
-
-
-def ctx(rules: Rules = RULES, named: frozenset[str] = NAMED_ACCOUNTS) -> Context:
-    return Context(rules=rules, router_version="test", emitted_at=at(100),
-                   is_named_account=named.__contains__)
-
-
-Event = Touchpoint | LeadProfile
-
-
-def apply(state: LeadState, event: Event, context: Context) -> list[Transition]:
-    if isinstance(event, Touchpoint):
-        return apply_touchpoint(state, event, context)
-    return apply_profile(state, event, context)
-
-
-def run(events: Sequence[Event], rules: Rules = RULES) -> tuple[LeadState, list[Transition]]:
-    state = LeadState(LEAD)
-    context = ctx(rules)
-    out: list[Transition] = []
-    for event in events:
-        out.extend(apply(state, event, context))
-    return state, out
 
 
 def summary(transitions: Sequence[Transition]) -> list[str]:

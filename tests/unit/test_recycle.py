@@ -442,7 +442,8 @@ def test_an_unreadable_recycle_record_is_dead_lettered() -> None:
 def test_rejection_in_routing_recycles_the_lead_in_the_qualifier() -> None:
     """The record the routing stage emits is the one the qualifier reads."""
     from router.domain.events import Rep
-    from router.service.routing_stage import RoutingStage, forward_activity
+    from router.service.leads_stage import forward_activity
+    from router.service.routing_stage import RoutingStage
 
     q, store = qualifier(), Store()
     outputs, _ = store.process(q, [profile_record(0), touch_record(1, "demo_request", 0)])

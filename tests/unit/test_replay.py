@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from router.domain.rules import Rules, load_rules, parse_rules
+from router.domain.rules import Rules, load_rules
 from router.tools.history import (
     ACTIVITY,
     PROFILES,
@@ -19,11 +19,9 @@ from router.tools.history import (
 )
 from router.tools.replay import decode_records, explain, replay, replay_events
 from tests.unit import tools_fixtures as fx
+from tests.unit.tools_fixtures import STRICT
 
 DEFAULT = load_rules()
-# SQL authority only from VP up: L1 (a director) stops at MQL
-STRICT = parse_rules("name: strict\nauthority:\n  sql:\n    seniorities: [vp, c_level]\n"
-                     "    buying_roles: []\n", "strict.yaml")
 
 
 def inputs(h: History) -> list[fx.HistoryRecord]:

@@ -3,69 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
-from router.tools.history import ASSIGNMENTS, SLA, TRANSITIONS, TimeRange
+from router.tools.history import ASSIGNMENTS, TimeRange
 from router.tools.report import build_report, nearest_rank, render_text
 from tests.unit import tools_fixtures as fx
-
-
-def out(topic: str, events: list[tuple[float, dict[str, Any]]]) -> list[fx.HistoryRecord]:
-    return [fx.record(topic, i, e, e["lead_id"], fx.at(m)) for i, (m, e) in enumerate(events)]
-
-
-def transition(kind: str, lead: str, path: str | None, trigger: str) -> dict[str, Any]:
-    return {"event_id": f"{lead}:c1:{kind}", "type": f"lead.{kind}", "lead_id": lead,
-            "cycle": 1, "path": path, "triggered_by": trigger}
-
-
-def assignment(kind: str, lead: str, rep: str | None, pool: str, klass: str,
-               seq: int = 1) -> dict[str, Any]:
-    ident = f"{lead}:c1:queued" if kind == "queued" else f"{lead}:c1:assign:{seq}"
-    return {"event_id": ident, "type": f"lead.{kind}", "lead_id": lead, "cycle": 1,
-            "rep_id": rep, "pool": pool, "sla": {"class": klass, "due_at": fx.iso(fx.T0)}}
-
-
-def sla(kind: str, lead: str, rep: str, pool: str, klass: str) -> dict[str, Any]:
-    return {"event_id": f"{lead}:c1:sla:1:{kind}", "type": f"sla.{kind}", "lead_id": lead,
-            "cycle": 1, "rep_id": rep, "pool": pool, "sla_class": klass}
-
-
-def week() -> fx.History:
-    h = fx.history()  # its touchpoints (channels, campaigns); its activity is replaced below
-    h.records[TRANSITIONS] = out(TRANSITIONS, [
-        (10, transition("mql", "L1", "standard", "tp-L1-2")),
-        (15, transition("mql", "L3", "standard", "tp-L3-2")),
-        (5, transition("sql", "L2", "direct", "tp-L2-1")),
-        (30, transition("sql", "L1", "standard", "tp-L1-4")),
-        (30, transition("sql", "L1", "standard", "tp-L1-4")),  # a repeat: dropped
-        (40, transition("sql", "L6", "abm", "profile@2026-11-02T09:40:00Z")),
-    ])
-    h.records[ASSIGNMENTS] = out(ASSIGNMENTS, [
-        (5, assignment("assigned", "L2", "R-02", "EMEA", "high_intent")),
-        (30, assignment("assigned", "L1", "R-01", "NA", "behavioural")),
-        (40, assignment("queued", "L6", None, "NA", "behavioural")),
-        (45, assignment("assigned", "L6", "R-01", "NA", "behavioural")),
-    ])
-    from router.tools.history import ACTIVITY
-
-    h.records[ACTIVITY] = [fx.record(ACTIVITY, i, a, a["lead_id"],
-                                     datetime.fromisoformat(a["occurred_at"]))
-                           for i, a in enumerate([
-                               fx.activity("L2", "first_touch", 15, rep="R-02"),
-                               fx.activity("L2", "rejected", 20, "could_not_reach", "R-02"),
-                               fx.activity("L1", "first_touch", 32),
-                               fx.activity("L1", "accepted", 50),
-                               fx.activity("L6", "first_touch", 46),
-                               fx.activity("L6", "rejected", 50, "no_fit"),
-                               fx.activity("L3", "accepted", 50, rep="R-09"),  # not the holder
-                           ])]
-    h.records[SLA] = out(SLA, [
-        (10, sla("breached", "L2", "R-02", "EMEA", "high_intent")),
-        (32, sla("met", "L1", "R-01", "NA", "behavioural")),
-        (46, sla("met", "L6", "R-01", "NA", "behavioural")),
-    ])
-    return h
+from tests.unit.tools_fixtures import assignment, out, week
 
 
 def test_the_weekly_figures_match_the_hand_count() -> None:

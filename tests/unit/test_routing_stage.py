@@ -8,19 +8,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-import pytest
 
-from router.adapters.topics import Topics
 from router.domain.events import Assignment, DeadLetter, NamedAccount, Rep, SlaClass, SlaEvent
 from router.domain.routing import RouteRequest
 from router.domain.rules import load_rules
-from router.service.qualifier import Output, Record
-from router.service.routing_stage import OFFSET_KEY, RoutingStage, forward_activity, tick
+from router.service.leads_stage import forward_activity
+from router.service.qualifier import Record
+from router.service.routing_stage import OFFSET_KEY, RoutingStage, tick
+from tests.unit.builders import NOW, TOPICS, activity, activity_input
 
 RULES = load_rules()
-TOPICS = Topics.with_prefix("")
 VERSION = "test-1"
-NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # Monday
 
 
 # --------------------------------------------------------------------------------------------
@@ -37,21 +35,6 @@ def route_record(offset: int, lead: str, sla: SlaClass = SlaClass.HIGH_INTENT,
     req = RouteRequest(lead_id=lead, cycle=1, sla_class=sla, **fields)
     return Record(TOPICS.routing, 0, offset, lead.encode(),
                   orjson.dumps({"kind": "route", **req.to_json()}))
-
-
-def activity(lead: str, rep_id: str, type: str, *, at: datetime = NOW,
-             reason: str | None = None, event_id: str = "sa-1") -> dict[str, Any]:
-    data: dict[str, Any] = {"event_id": event_id, "lead_id": lead, "rep_id": rep_id,
-                            "type": type, "occurred_at": at.isoformat()}
-    if reason is not None:
-        data["reason"] = reason
-    return data
-
-
-def activity_input(offset: int, data: Mapping[str, Any], partition: int = 3) -> Record:
-    """A record as it arrives on sales.activity."""
-    return Record(TOPICS.activity, partition, offset, str(data["lead_id"]).encode(),
-                  orjson.dumps(data))
 
 
 def activity_record(offset: int, data: Mapping[str, Any], *, source_offset: int = 41,
@@ -330,60 +313,3 @@ def test_an_unreadable_routing_record_is_dead_lettered_and_the_stream_goes_on() 
     assert (letter["source_topic"], letter["offset"]) == (TOPICS.routing, 0)
     assert a["lead_id"] == "L1"
     assert writes[OFFSET_KEY.encode()] == b"1"
-
-
-# --------------------------------------------------------------------------------------------
-# forward_activity
-# --------------------------------------------------------------------------------------------
-
-
-def test_forward_valid_activity() -> None:
-    data = activity("L1", "A", "rejected", reason="bad_timing")
-    record = activity_input(7, data, partition=2)
-    out = forward_activity(record, RULES, TOPICS, NOW, VERSION)
-    assert (out.topic, out.key) == (TOPICS.routing, b"L1")
-    body = orjson.loads(out.value)
-    assert body["kind"] == "activity"
-    assert body["source"] == {"topic": TOPICS.activity, "partition": 2, "offset": 7,
-                              "value": (record.value or b"").decode()}
-    assert {k: body["activity"][k] for k in ("event_id", "lead_id", "rep_id", "type",
-                                               "reason")} == {
-        "event_id": "sa-1", "lead_id": "L1", "rep_id": "A", "type": "rejected",
-        "reason": "bad_timing"}
-
-
-@pytest.mark.parametrize(
-    ("data", "reason", "names"),
-    [
-        pytest.param(activity("L1", "A", "rejected"), "missing_field", "'reason'",
-                     id="rejection-without-reason"),
-        pytest.param(activity("L1", "A", "waved"), "unknown_value", "'type'",
-                     id="unknown-type"),
-        pytest.param(activity("L1", "A", "rejected", reason="too_pricey"), "unknown_value",
-                     "'reason'", id="unknown-reason"),
-        pytest.param({k: v for k, v in activity("L1", "A", "accepted").items()
-                      if k != "rep_id"}, "missing_field", "'rep_id'", id="missing-rep"),
-        pytest.param(activity("L1", "A", "accepted", at=NOW + timedelta(hours=1)),
-                     "future_event", "'occurred_at'", id="dated-in-the-future"),
-    ],
-)
-def test_forward_refuses_invalid_activity(data: dict[str, Any], reason: str,
-                                          names: str) -> None:
-    record = activity_input(9, data, partition=1)
-    out: Output = forward_activity(record, RULES, TOPICS, NOW, VERSION)
-    assert (out.topic, out.key) == (TOPICS.deadletter, b"L1")
-    letter = orjson.loads(out.value)
-    DeadLetter.model_validate(letter)
-    assert letter["reason"] == reason
-    assert names in letter["error"]
-    assert (letter["source_topic"], letter["partition"], letter["offset"]) == (
-        TOPICS.activity, 1, 9)
-    assert letter["value"] == (record.value or b"").decode()
-
-
-def test_forward_refuses_a_key_that_is_not_the_lead() -> None:
-    data = activity("L1", "A", "accepted")
-    record = Record(TOPICS.activity, 0, 0, b"L2", orjson.dumps(data))
-    out = forward_activity(record, RULES, TOPICS, NOW, VERSION)
-    assert out.topic == TOPICS.deadletter
-    assert orjson.loads(out.value)["reason"] == "key_mismatch"

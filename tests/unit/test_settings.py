@@ -13,8 +13,9 @@ import pytest
 from router.adapters.broker_kind import WrongBroker
 from router.cli import build_parser
 from router.domain.rules import load_rules
+from router.harness.bench.faust_floor_app import broker_credentials
 from router.settings import Settings, add_arguments, bootstrap_servers, from_args, from_env
-from router.worker.app import RouterApp, broker_credentials
+from router.worker.app import RouterApp
 from router.worker.run import processing_guarantee
 
 

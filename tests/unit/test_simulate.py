@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from router.domain.rules import load_rules
 from router.tools.history import ACTIVITY, TimeRange
 from router.tools.simulate import render_text, simulate
 from tests.unit import tools_fixtures as fx
-from tests.unit.test_replay import STRICT
+from tests.unit.tools_fixtures import simulate_strict
 
 DEFAULT = load_rules()
 
 
-def run(h: fx.History) -> dict[str, Any]:
-    return simulate(h, DEFAULT, STRICT, TimeRange(None, None)).summary
-
-
 def test_side_by_side_figures_match_the_hand_count() -> None:
-    s = run(fx.history())
+    s = simulate_strict(fx.history())
     b, c = s["baseline"], s["candidate"]
     assert (b["mql"], b["sql"], b["sql_by_path"]) == (2, 2, {"direct": 1, "standard": 1})
     assert (c["mql"], c["sql"], c["sql_by_path"]) == (2, 1, {"direct": 1})
@@ -52,7 +46,7 @@ def test_a_lead_that_finds_the_rep_full_queues_until_the_history_frees_the_slot(
     h.records[ACTIVITY] = [fx.record(ACTIVITY, i, a, a["lead_id"],
                                      datetime.fromisoformat(a["occurred_at"]))
                            for i, a in enumerate(late)]
-    b = run(h)["baseline"]
+    b = simulate_strict(h)["baseline"]
     assert b["queued"] == 1 and b["queued_leads"] == ["L1"]  # L2 still held at minute 30
     assert b["queue_seconds_p50"] == 600.0  # freed at minute 40
     assert b["assigned_by_rep"] == {"R-01": 2} and b["still_queued"] == 0
@@ -63,7 +57,7 @@ def test_a_rejection_from_a_rep_who_no_longer_holds_the_lead_does_not_recycle_it
     router dead-lettered that as not_holder, the replay recycled the lead and counted a second
     SQL the topics do not have."""
     from router.tools.history import ASSIGNMENTS
-    from tests.unit.test_report import assignment, out
+    from tests.unit.tools_fixtures import assignment, out
 
     def sqls(h: fx.History) -> int:
         return int(simulate(h, DEFAULT, DEFAULT, TimeRange(None, None)).summary["baseline"]["sql"])

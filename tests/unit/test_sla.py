@@ -40,8 +40,9 @@ from router.domain.routing import (
 )
 from router.domain.rules import Rules, load_rules, parse_rules
 from router.domain.sla import SlaOutcome, check_clocks, first_touch
+from router.service.leads_stage import forward_activity
 from router.service.qualifier import Record
-from router.service.routing_stage import OFFSET_KEY, RoutingStage, forward_activity, tick
+from router.service.routing_stage import OFFSET_KEY, RoutingStage, tick
 
 RULES = load_rules()
 TOPICS = Topics.with_prefix("")

@@ -3,13 +3,13 @@
     LEADROUTER_BROKER=kafka://127.0.0.1:9092 python -m router.harness.bench.floor \
         --topic bench.leads.touchpoints --app-id bench-floor-take --mode take
 
-Same broker settings as the router's worker (router/worker/app.py): memory store, the lowered
-fetch wait (`lower_fetch_wait`), at-least-once with a 1 s commit interval, raw key and value
-serializers, and the worker's batch size and wait. Settings come from the same `LEADROUTER_*`
-environment variables. `--mode take` reads with `take_events` like the router's agents;
-`--mode iter` with a plain `async for`. The bench (bench/phases.py) counts progress from the
-offsets this consumer group commits, exactly as it does for the router, so both are measured
-the same way.
+Same broker settings as the router's worker had on faust (bench/faust_floor_app.py): memory
+store, the lowered fetch wait (`lower_fetch_wait`), at-least-once with a 1 s commit interval,
+raw key and value serializers, and the worker's batch size and wait. Settings come from the
+same `LEADROUTER_*` environment variables. `--mode take` reads with `take_events` like the
+router's faust agents did; `--mode iter` with a plain `async for`. The bench (bench/phases.py)
+counts progress from the offsets this consumer group commits, exactly as it does for the
+router, so both are measured the same way.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from typing import Any
 
 import faust
 
+from router.harness.bench.faust_floor_app import lower_fetch_wait, new_faust_app
 from router.settings import Settings, from_env
-from router.worker.app import new_faust_app
-from router.worker.faust_fixes import lower_fetch_wait
 
 MODES = ("take", "iter")
 

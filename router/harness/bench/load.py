@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from router.domain.events import Rep
 from router.domain.rules import load_rules
-from router.harness.traffic import BEHAVIOUR, PEOPLE, TOPICS, TrafficGenerator, _pick, _rep
+from router.tools.traffic_model import BEHAVIOUR, PEOPLE, TOPICS, TrafficGenerator, _pick, _rep
 
 MIN_TOUCHPOINT_BYTES = 200
 MAX_TOUCHPOINT_BYTES = 400
@@ -112,7 +112,7 @@ def _iso(moment: datetime) -> str:
 
 
 def build_mix(leads: int, touchpoints: int, now: datetime, seed: int = 11) -> Mix:
-    """`leads` synthetic leads (traffic.py's population: companies, roles, temperaments), one
+    """`leads` synthetic leads (traffic_model.py's population: companies, roles, temperaments), one
     profile each, and `touchpoints` touchpoints spread evenly over them in random order."""
     generator = TrafficGenerator(leads=leads, seed=seed, bad_event_share=0.0)
     updated = _iso(now - timedelta(days=4))

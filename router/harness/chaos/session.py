@@ -26,8 +26,8 @@ from router.adapters.tansu_quirks import fetch_end_offsets
 from router.adapters.topics import Topics
 from router.domain.rules import parse_rules
 from router.harness.brokers import KafkaBroker, TansuBroker
-from router.harness.traffic import TrafficGenerator
 from router.harness.workers import WorkerProcess
+from router.tools.traffic_model import TrafficGenerator
 from router.tools.verify import Report, verify
 
 SLA_SECONDS = 15.0

@@ -1,7 +1,7 @@
 """Trace forensics: which input records of a lost lead never reached the worker.
 
 With `--trace` the workers run with LEADROUTER_TRACE=1 and JSON logs. Two trace lines are read
-(router/worker/app.py and faust_fixes.py write them):
+(the partition processor, router/worker/pipeline, writes them):
 
   {"logger": "router.trace", "msg": "batch", "agent": "qualify", "generation": 7,
    "ranges": {"<prefix>leads.touchpoints[3]": "410-437/28", ...}, "dropped": 0}

@@ -1,7 +1,9 @@
 """Synthetic inbound traffic: a realistic mix of leads, roles, companies and touchpoint types.
 
-Used by the demo (and later the benchmarks). Deterministic for a given seed, so a demo run
-can be reproduced. Each lead has a temperament that shapes what it does next:
+Used by the demo, the bench and the chaos harness (router.harness) and by the history
+synthesiser (router.tools.synth): it lives among the tools so that no tool imports the
+harness. Deterministic for a given seed, so a demo run can be reproduced. Each lead has a
+temperament that shapes what it does next:
   cold  - reads blog posts and opens emails, rarely more;
   warm  - comes back to pricing and product pages (standard path);
   hot   - asks for a demo or books a call (direct path).
