@@ -56,8 +56,9 @@ from router.metrics import (
     READY,
     REGISTRY,
 )
+from router.records import Output, Record
 from router.service.partitioning import forwards, split_misplaced
-from router.service.qualifier import Output, Qualifier, Record
+from router.service.qualifier import Qualifier
 from router.service.routing_stage import RoutingStage, forward_activity, tick
 from router.settings import Settings, bootstrap_servers
 from router.worker.inspect_views import Inspector, register

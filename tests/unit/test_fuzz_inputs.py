@@ -46,7 +46,8 @@ from router.domain.events import (
 )
 from router.domain.qualification import LeadState
 from router.domain.rules import load_rules
-from router.service.qualifier import Qualifier, Record
+from router.records import Record
+from router.service.qualifier import Qualifier
 from router.service.routing_stage import forward_activity
 
 RULES = load_rules()

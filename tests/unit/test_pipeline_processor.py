@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka.errors import KafkaTimeoutError, ProducerFenced
 from aiokafka.structs import TopicPartition
 
-from router.service.qualifier import Output, Record
+from router.records import Output, Record
 from router.settings import Settings
 from router.worker.pipeline.assignor import CoPartitionedAssignor
 from router.worker.pipeline.core import LEADS, Phase, TaskId

@@ -14,7 +14,7 @@ from router.adapters.topics import Topics
 from router.domain.events import Assignment, DeadLetter, NamedAccount, Rep, SlaClass, SlaEvent
 from router.domain.routing import RouteRequest
 from router.domain.rules import load_rules
-from router.service.qualifier import Output, Record
+from router.records import Output, Record
 from router.service.routing_stage import OFFSET_KEY, RoutingStage, forward_activity, tick
 
 RULES = load_rules()

@@ -40,7 +40,7 @@ from router.domain.routing import (
 )
 from router.domain.rules import Rules, load_rules, parse_rules
 from router.domain.sla import SlaOutcome, check_clocks, first_touch
-from router.service.qualifier import Record
+from router.records import Record
 from router.service.routing_stage import OFFSET_KEY, RoutingStage, forward_activity, tick
 
 RULES = load_rules()

@@ -65,7 +65,7 @@ from aiokafka.structs import TopicPartition
 
 from router.adapters.topics import compacted_topic_configs
 from router.metrics import BATCH_EVENTS, BATCH_SECONDS, BATCHES_ABANDONED, CHANGELOG_RESTORED
-from router.service.qualifier import Output, Record
+from router.records import Output, Record
 from router.settings import Settings, bootstrap_servers
 from router.worker.pipeline.assignor import CoPartitionedAssignor
 from router.worker.pipeline.core import (
