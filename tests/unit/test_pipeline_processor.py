@@ -16,7 +16,7 @@ from router.records import Output, Record
 from router.settings import Settings
 from router.worker.pipeline.assignor import CoPartitionedAssignor
 from router.worker.pipeline.core import LEADS, Phase, TaskId
-from router.worker.pipeline.processor import PartitionProcessor, Stage, TaskResult
+from router.worker.pipeline.processor import PartitionProcessor, StageSpec, TaskResult
 from router.worker.pipeline.store import INPUT_OFFSETS, MemoryStore, PartitionStore
 
 TOPIC = "t.touchpoints"
@@ -129,7 +129,7 @@ async def process(p: PartitionProcessor, fetched: dict[TopicPartition, list[Any]
 
 def processor(producer: FakeProducer) -> tuple[PartitionProcessor, MemoryStore, list[int]]:
     forgotten: list[int] = []
-    stage = Stage(LEADS, (TOPIC,), "t.changelog", "lead-state", handle, 1,
+    stage = StageSpec(LEADS, (TOPIC,), "t.changelog", "lead-state", handle, 1,
                   forget=forgotten.append)
     p = PartitionProcessor(Settings(), [stage], exactly_once=True, read_committed=True,
                            assignor=CoPartitionedAssignor("http://x", [TOPIC], "t.routing"))

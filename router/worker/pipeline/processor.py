@@ -103,7 +103,14 @@ Handler = Callable[[int, list[Record], PartitionStore, datetime], TaskResult]
 
 
 @dataclass(frozen=True)
-class Stage:
+class StageSpec:
+    """One stage of the pipeline as the processor runs it: its input topics (co-partitioned),
+    its changelog, its handler, its partition count. A task is one StageSpec on one partition.
+
+    Named StageSpec, not Stage: router.domain.events.Stage is the lead's stage (NEW, MQL, SQL),
+    and the worker imports both. "Stage" stays the pipeline's word for the thing itself
+    (TaskId.stage, LEADS, ROUTING); this is its declaration."""
+
     name: str
     topics: tuple[str, ...]
     changelog: str
@@ -119,13 +126,13 @@ class Stage:
 class _Pending:
     task: Task
     epoch: int
-    stage: Stage
+    stage: StageSpec
     store: PartitionStore | None = None
     producer: AIOKafkaProducer | None = None
 
 
 class PartitionProcessor:
-    def __init__(self, settings: Settings, stages: Sequence[Stage], *, exactly_once: bool,
+    def __init__(self, settings: Settings, stages: Sequence[StageSpec], *, exactly_once: bool,
                  read_committed: bool, assignor: CoPartitionedAssignor) -> None:
         self.settings = settings
         self.stages = {s.name: s for s in stages}
