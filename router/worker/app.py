@@ -64,7 +64,8 @@ from router.settings import Settings, bootstrap_servers
 from router.worker.inspect_views import Inspector, register
 from router.worker.pipeline.assignor import CoPartitionedAssignor
 from router.worker.pipeline.core import LEADS, ROUTING
-from router.worker.pipeline.processor import PartitionProcessor, StageSpec, TaskResult
+from router.worker.pipeline.processor import PartitionProcessor
+from router.worker.pipeline.stage import StageSpec, TaskResult
 from router.worker.pipeline.store import PartitionStore
 
 if TYPE_CHECKING:
