@@ -39,8 +39,9 @@ from router.domain.events import SalesActivity
 from router.domain.qualification import event_time_problem
 from router.domain.rules import Rules
 from router.metrics import DEAD_LETTERS, MISPLACED_RECORDS
+from router.records import Output, Record
 from router.service.partitioning import forwards, split_misplaced
-from router.service.qualifier import Output, Qualifier, Record
+from router.service.qualifier import Qualifier
 
 # the logger this warning was always written under (it lived in the worker's app module):
 # the same log lines as before for anyone filtering on the logger name

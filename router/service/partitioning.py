@@ -21,7 +21,7 @@ from functools import lru_cache
 
 from aiokafka.partitioner import murmur2
 
-from router.service.qualifier import Output, Record
+from router.records import Output, Record
 
 
 @lru_cache(maxsize=16_384)  # a batch repeats keys (a lead's touchpoints); murmur2 is ~2 µs

@@ -42,6 +42,7 @@ from router.domain.qualification import (
 from router.domain.routing import RouteRequest
 from router.domain.rules import Rules
 from router.metrics import DEAD_LETTERS, PROFILES, RECYCLED, TOUCHPOINTS, TRANSITIONS
+from router.records import Output, Record
 from router.service.decay_index import DecayIndex
 
 log = logging.getLogger(__name__)
@@ -63,23 +64,6 @@ def route_request(state: LeadState, now: datetime) -> RouteRequest:
         sql_event_id=transition_id(state.lead_id, state.cycle, Stage.SQL),
         received_at=now.timestamp(),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
-@dataclass(slots=True)
-class Output:
-    topic: str
-    key: bytes | None
-    value: bytes
-    partition: int | None = None  # None: the producer's partitioner picks it from the key
 
 
 @dataclass(slots=True)

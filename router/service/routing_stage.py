@@ -63,7 +63,7 @@ from router.metrics import (
     ROUTING_LATENCY,
     SLA_OUTCOMES,
 )
-from router.service.qualifier import Output, Record
+from router.records import Output, Record
 
 log = logging.getLogger(__name__)
 

@@ -54,15 +54,16 @@ from router.metrics import (
     READY,
     REGISTRY,
 )
+from router.records import Output, Record
 from router.service.leads_stage import LeadsStage
-from router.service.qualifier import Output, Qualifier, Record
+from router.service.qualifier import Qualifier
 from router.service.routing_stage import RoutingStage, tick
 from router.settings import Settings, bootstrap_servers
 from router.worker.inspect_views import Inspector, register
 from router.worker.pipeline.assignor import CoPartitionedAssignor
 from router.worker.pipeline.core import LEADS, ROUTING
-from router.worker.pipeline.processor import PartitionProcessor, TaskResult
-from router.worker.pipeline.processor import Stage as PipelineStage
+from router.worker.pipeline.processor import PartitionProcessor
+from router.worker.pipeline.stage import StageSpec, TaskResult
 from router.worker.pipeline.store import PartitionStore
 
 log = logging.getLogger(__name__)
@@ -135,12 +136,12 @@ class RouterApp:
             [*self.lead_inputs], topics.routing)
         self.processor = PartitionProcessor(
             settings,
-            [PipelineStage(LEADS, self.lead_inputs,
-                           f"{settings.app_id}-{STATE_TABLE}-changelog", STATE_TABLE,
-                           self._leads, settings.partitions),
-             PipelineStage(ROUTING, (topics.routing,),
-                           f"{settings.app_id}-{ROUTING_TABLE}-changelog", ROUTING_TABLE,
-                           self._route, 1, forget=lambda _p: self.routing.forget())],
+            [StageSpec(LEADS, self.lead_inputs,
+                       f"{settings.app_id}-{STATE_TABLE}-changelog", STATE_TABLE,
+                       self._leads, settings.partitions),
+             StageSpec(ROUTING, (topics.routing,),
+                       f"{settings.app_id}-{ROUTING_TABLE}-changelog", ROUTING_TABLE,
+                       self._route, 1, forget=lambda _p: self.routing.forget())],
             exactly_once=exactly_once,
             # Tansu has no transactions (and no isolation): read what is there
             read_committed=settings.broker_quirks != "tansu",

@@ -16,7 +16,7 @@ from router.adapters.topics import Topics
 from router.domain.events import LeadProfile, Touchpoint, Transition
 from router.domain.qualification import Context, LeadState, apply_profile, apply_touchpoint
 from router.domain.rules import Rules, load_rules
-from router.service.qualifier import Record
+from router.records import Record
 
 RULES = load_rules()
 TOPICS = Topics.with_prefix("")

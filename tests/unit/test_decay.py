@@ -18,9 +18,10 @@ from router.domain.decay import apply_decay, decay_deadline, decay_due
 from router.domain.events import LeadProfile, Stage, Touchpoint, Transition
 from router.domain.qualification import Context, LeadState, apply_profile, apply_touchpoint
 from router.domain.rules import Rules, RulesError, load_rules, parse_rules
+from router.records import Record
 from router.service.decay_index import DecayIndex
 from router.service.inspection import qualification_part, render_lead
-from router.service.qualifier import Qualifier, Record
+from router.service.qualifier import Qualifier
 
 RULES = load_rules()
 TOPICS = Topics.with_prefix("")

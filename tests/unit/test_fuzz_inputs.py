@@ -46,8 +46,9 @@ from router.domain.events import (
 )
 from router.domain.qualification import LeadState
 from router.domain.rules import load_rules
+from router.records import Record
 from router.service.leads_stage import forward_activity
-from router.service.qualifier import Qualifier, Record
+from router.service.qualifier import Qualifier
 
 RULES = load_rules()
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)

@@ -14,9 +14,10 @@ import pytest
 from router.domain.events import DeadLetter
 from router.domain.rules import load_rules
 from router.metrics import REGISTRY
+from router.records import Output, Record
 from router.service.leads_stage import LeadsResult, LeadsStage, forward_activity
 from router.service.partitioning import murmur2_partition
-from router.service.qualifier import Output, Qualifier, Record
+from router.service.qualifier import Qualifier
 from tests.unit.builders import NOW, TOPICS, activity, activity_input
 
 RULES = load_rules()

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from router.records import Record
 from router.service.partitioning import (
     candidate_partitions,
     crc32_partition,
@@ -16,7 +17,6 @@ from router.service.partitioning import (
     murmur2_partition,
     split_misplaced,
 )
-from router.service.qualifier import Record
 
 # Kafka's own UtilsTest.testMurmur2 vectors (signed Java ints)
 JAVA_MURMUR2 = {

@@ -32,7 +32,8 @@ from router.domain.qualification import (
 )
 from router.domain.routing import RouteRequest
 from router.domain.rules import load_rules
-from router.service.qualifier import Output, Qualifier, Record
+from router.records import Output, Record
+from router.service.qualifier import Qualifier
 
 RULES = load_rules()
 TOPICS = Topics.with_prefix("")

@@ -12,8 +12,8 @@ import orjson
 from router.domain.events import Assignment, DeadLetter, NamedAccount, Rep, SlaClass, SlaEvent
 from router.domain.routing import RouteRequest
 from router.domain.rules import load_rules
+from router.records import Record
 from router.service.leads_stage import forward_activity
-from router.service.qualifier import Record
 from router.service.routing_stage import OFFSET_KEY, RoutingStage, tick
 from tests.unit.builders import NOW, TOPICS, activity, activity_input
 

@@ -40,8 +40,8 @@ from router.domain.routing import (
 )
 from router.domain.rules import Rules, load_rules, parse_rules
 from router.domain.sla import SlaOutcome, check_clocks, first_touch
+from router.records import Record
 from router.service.leads_stage import forward_activity
-from router.service.qualifier import Record
 from router.service.routing_stage import OFFSET_KEY, RoutingStage, tick
 
 RULES = load_rules()

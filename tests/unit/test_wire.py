@@ -23,7 +23,8 @@ from router.adapters.wire import (
 from router.domain.events import DeadLetter, LeadProfile, Touchpoint, Transition
 from router.domain.qualification import LeadState
 from router.domain.rules import load_rules
-from router.service.qualifier import Output, Qualifier, Record
+from router.records import Output, Record
+from router.service.qualifier import Qualifier
 
 RULES = load_rules()
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)

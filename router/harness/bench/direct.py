@@ -27,7 +27,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from router import __version__
 from router.adapters.topics import Topics, ensure_topics
 from router.domain.rules import load_rules
-from router.service.qualifier import Qualifier, Record
+from router.records import Record
+from router.service.qualifier import Qualifier
 from router.settings import bootstrap_servers, from_env
 
 MAX_BATCH = 2_000

@@ -10,5 +10,11 @@ processed or fetched again from the committed position.
                 the co-partitioned assignment plan (unit-tested without Kafka)
   store.py      a task's local state (memory dict or RocksDB) and its changelog meta keys
   assignor.py   aiokafka assignor: co-partitioned, sticky, owners' web URLs for the views
-  processor.py  the runtime: consumer loop, rebalance listener, restore, transactions
+  processor.py  the runtime: consumer loop, rebalance listener, wiring the pieces below
+  restore.py    a task to ready: fence the previous owner, restore the changelog, resume
+  eos_commit.py exactly-once commits: one transaction per task and batch, overlapped
+  alo_commit.py at-least-once commits: outputs acked, state written, offsets committed
+  commit.py     what both commit protocols share (changelog sends, TaskControl)
+  stage.py      StageSpec (a stage's declaration), its Handler and TaskResult
+  loggers.py    the processor's logger and router.trace
 """

@@ -19,9 +19,10 @@ The switches (LEADROUTER_TXN_TUNING="name=value,...", read once per worker proce
   ... retrying" in a worker's log on a healthy broker. Ordering the two requests removes the
   race for one produce round trip (~1 ms locally).
 - retry_backoff_ms: the transactional producers' retry backoff (aiokafka's default is 100).
-- overlap_commits: fetch and decide the next batch while the commits run (processor.py,
-  step 4). aiokafka sends no new fetch to a broker while fetched records wait unread, so a
-  loop that waits for its commits delays every record that arrives meanwhile by a batch.
+- overlap_commits: fetch and decide the next batch while the commits run (eos_commit.py;
+  processor.py, step 4). aiokafka sends no new fetch to a broker while fetched records wait
+  unread, so a loop that waits for its commits delays every record that arrives meanwhile by
+  a batch.
 """
 
 from __future__ import annotations

@@ -1,0 +1,28 @@
+"""The record types every stage and the partition processor exchange: a raw input `Record`
+as fetched, and an `Output` to publish.
+
+Neutral on purpose: the generic pipeline (router/worker/pipeline/) hands `Record`s to the
+stages' handlers and publishes their `Output`s, and the stages (router/service/) build them;
+neither side depends on the other, and nothing here knows a domain type or Kafka.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None = None  # None: the producer's partitioner picks it from the key

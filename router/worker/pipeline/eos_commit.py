@@ -1,0 +1,194 @@
+"""Exactly-once commits (Apache Kafka): per task, in ONE transaction of the task's producer:
+
+    begin -> outputs -> changelog (state + input offsets) -> produce acks ->
+    consumed offsets (send_offsets_to_transaction, the group's commit) -> commit
+
+and only then write the local store and advance the positions. An abort leaves the store
+untouched and the task seeks back; a fenced producer abandons the batch and drops the task's
+state (it is initialised again, or handed over by the rebalance that follows).
+
+The commit runs as its own asyncio task while the loop fetches and decides the next batch
+(aiokafka sends no new fetch to a broker while fetched records wait unread, so a loop that
+waited for its commits delayed every record that arrived meanwhile by a whole batch). A task's
+next batch is decided only after its own commit is known: its store must hold the previous
+batch, and if that batch was not committed the records fetched since are dropped and the task
+seeks back to its positions (`admit`). A revocation, stop or reassignment first waits for
+every commit in flight (`drain`).
+
+The task's transactional producer is started, and the previous owner's fenced, by the
+restore (restore.py); the processor (processor.py) rewinds or abandons a batch that was not
+committed (commit.TaskControl).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import IllegalStateError, InvalidProducerEpoch, ProducerFenced
+from aiokafka.structs import TopicPartition
+
+from router.worker.pipeline.commit import (
+    CLOSE_TIMEOUT_SECONDS,
+    TaskControl,
+    last_offset,
+    send_changelog,
+)
+from router.worker.pipeline.core import Ownership, Phase, TaskId
+from router.worker.pipeline.loggers import trace, trace_commit
+from router.worker.pipeline.stage import Decision, StageSpec, TaskResult
+from router.worker.pipeline.store import PartitionStore
+from router.worker.pipeline.txn_tuning import TxnTuning
+
+FENCED = (ProducerFenced, InvalidProducerEpoch)
+
+
+class ExactlyOnceCommits:
+    """Each task's commit in flight and the records fetched meanwhile for those tasks.
+
+    Shares the processor's task bookkeeping (core), stores and producers: a commit applies its
+    own outcome to them."""
+
+    def __init__(self, core: Ownership, stages: Mapping[str, StageSpec],
+                 stores: dict[TaskId, PartitionStore],
+                 producers: dict[TaskId, AIOKafkaProducer], *, group_id: str,
+                 tuning: TxnTuning, control: TaskControl) -> None:
+        self.core = core
+        self.stages = stages
+        self.stores = stores
+        self.producers = producers  # one per task
+        self.group_id = group_id
+        self.tuning = tuning
+        self.control = control
+        # each task's commit in flight (True: committed and applied), and the records fetched
+        # meanwhile for those tasks (decided once their commit is known)
+        self.inflight: dict[TaskId, asyncio.Task[bool]] = {}
+        self.held: dict[TopicPartition, list[Any]] = {}
+
+    async def drain(self) -> None:
+        """Wait for every commit in flight (each applies its own outcome) and forget the
+        records held for them: the tasks resume from their positions, so a kept task fetches
+        them again and a revoked one leaves them to its next owner."""
+        if self.inflight:
+            await asyncio.gather(*self.inflight.values())
+        self.inflight = {}
+        self.held = {}
+
+    def admit(self, fetched: dict[TopicPartition, list[Any]]
+              ) -> dict[TopicPartition, list[Any]]:
+        """The records that may be decided now. A task whose commit is still in flight keeps
+        its records aside (they need the store that commit writes); a task whose last commit
+        failed loses the records fetched since (they follow a batch that must be processed
+        again) and seeks back to its positions, so they are fetched again in order."""
+        failed: set[TaskId] = set()
+        for task_id, commit in list(self.inflight.items()):
+            if commit.done():
+                del self.inflight[task_id]
+                if not commit.result():
+                    failed.add(task_id)
+        merged = self.held
+        for tp, rs in fetched.items():
+            merged[tp] = merged[tp] + rs if tp in merged else rs
+        self.held = {}
+        ready: dict[TopicPartition, list[Any]] = {}
+        for tp, rs in merged.items():
+            owner = self.core.task_of(tp) if tp.topic in self.core.stage_of_topic else None
+            if owner in failed:
+                continue
+            if owner in self.inflight:
+                self.held[tp] = rs
+            else:
+                ready[tp] = rs
+        for task_id in failed:
+            task = self.core.tasks.get(task_id)
+            if task is not None and task.phase is Phase.ACTIVE:
+                with contextlib.suppress(IllegalStateError):
+                    self.control.seek(task)
+        return ready
+
+    def start(self, decided: list[Decision]) -> list[asyncio.Task[bool]]:
+        """One commit per task, each running beside the loop from now on."""
+        commits = []
+        for d in decided:
+            commit = asyncio.create_task(self.transact(*d))
+            self.inflight[d[0]] = commit
+            commits.append(commit)
+        return commits
+
+    async def transact(self, task_id: TaskId, epoch: int,
+                       offsets: dict[TopicPartition, int], result: TaskResult) -> bool:
+        """Exactly-once: outputs, changelog and consumed offsets in ONE transaction. True
+        when the batch was committed and applied to the task's store and positions."""
+        producer = self.producers[task_id]
+        stage = self.stages[task_id.stage]
+        clock = StepClock() if trace.isEnabledFor(logging.DEBUG) else None
+        try:
+            # 1. begin: everything below becomes visible to read_committed readers together
+            await producer.begin_transaction()
+            # 2. the outputs (transitions, assignments, routing records, dead letters...)
+            acks = [await producer.send(out.topic, out.value, key=out.key,
+                                        partition=out.partition) for out in result.outputs]
+            # 3. the state, on the task's own changelog partition, with the input offsets
+            sent = await send_changelog(producer, stage.changelog, task_id.partition,
+                                        result.writes)
+            if clock:
+                clock.step("queue")
+            if self.tuning.acks_before_offsets:  # why: txn_tuning.py
+                await asyncio.gather(*acks, *(future for _count, future in sent))
+            if clock:
+                clock.step("add_partitions_and_produce")
+            # 4. the consumed offsets: the group's commit happens with the transaction's
+            await producer.send_offsets_to_transaction(offsets, self.group_id)
+            if clock:
+                clock.step("offsets")
+            # 5. commit: all of it, or (on any failure before this returns) none of it
+            await producer.commit_transaction()
+            if clock:
+                clock.step("end_txn")
+            last = await last_offset(sent)
+        except FENCED as exc:
+            # another worker owns this task now (its producer took our transactional id):
+            # abandon the batch, drop the state; the rebalance that made it so reaches us
+            await self.control.abandon(task_id, epoch, "fenced", exc, wait_for_rebalance=True)
+            return False
+        except Exception as exc:  # a broker error, a timeout, a bug in a send path
+            if await abort(producer):  # outcome known: nothing of the batch is visible
+                self.control.rewind(task_id, epoch, "aborted", exc)
+            else:
+                await self.control.abandon(task_id, epoch, "commit_unknown", exc)
+            return False
+        # 6. only now the local store: an aborted transaction must leave no trace in it
+        applied = self.core.processed(task_id, epoch, offsets)
+        if applied:
+            self.stores[task_id].write(result.writes, last)
+        trace_commit(self.core.generation, offsets)
+        if clock:
+            trace.debug("txn", extra={"task": str(task_id), "outputs": len(result.outputs),
+                                      "writes": len(result.writes), "ms": clock.steps})
+        return applied
+
+
+class StepClock:
+    """Milliseconds per step of one transaction (LEADROUTER_TRACE=1: the hop breakdown)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def step(self, name: str) -> None:
+        now = time.perf_counter()
+        self.steps[name] = round((now - self._last) * 1000, 2)
+        self._last = now
+
+
+async def abort(producer: AIOKafkaProducer) -> bool:
+    try:
+        await asyncio.wait_for(producer.abort_transaction(), CLOSE_TIMEOUT_SECONDS)
+        return True
+    except Exception:  # fatal state, or the broker is away: the outcome is unknown
+        return False
