@@ -8,7 +8,7 @@ neither side depends on the other, and nothing here knows a domain type or Kafka
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,3 +26,12 @@ class Output:
     key: bytes | None
     value: bytes
     partition: int | None = None  # None: the producer's partitioner picks it from the key
+
+
+@dataclass(slots=True)
+class StageResult:
+    """What a stage decided for one batch of one task: the outputs to publish and the state
+    writes (key, value; None deletes), committed together with the batch's input offsets."""
+
+    outputs: list[Output] = field(default_factory=list)
+    writes: list[tuple[bytes, bytes | None]] = field(default_factory=list)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
@@ -39,20 +38,13 @@ from router.domain.events import SalesActivity
 from router.domain.qualification import event_time_problem
 from router.domain.rules import Rules
 from router.metrics import DEAD_LETTERS, MISPLACED_RECORDS
-from router.records import Output, Record
+from router.records import Output, Record, StageResult
 from router.service.partitioning import forwards, split_misplaced
 from router.service.qualifier import Qualifier
 
 # the logger this warning was always written under (it lived in the worker's app module):
 # the same log lines as before for anyone filtering on the logger name
 log = logging.getLogger("router.worker.app")
-
-
-@dataclass(slots=True)
-class LeadsResult:
-    outputs: list[Output] = field(default_factory=list)
-    # (lead key, encoded state), in the order the qualifier decided them
-    writes: list[tuple[bytes, bytes | None]] = field(default_factory=list)
 
 
 def forward_activity(record: Record, rules: Rules, topics: Topics, now: datetime,
@@ -94,7 +86,7 @@ class LeadsStage:
         self.misplaced_logged: set[str] = set()  # topics already warned about
 
     def process(self, records: Sequence[Record], now: datetime,
-                load_state: Callable[[bytes], bytes | None]) -> LeadsResult:
+                load_state: Callable[[bytes], bytes | None]) -> StageResult:
         activity = self.topics.activity
         forward_to = self.topics.repartitioned  # sales activity goes to the one routing partition
         placed, misplaced = split_misplaced(records, self.partitions, forward_to)
@@ -104,11 +96,11 @@ class LeadsStage:
             if self.repartition:
                 records, forwarded = placed, forwards(misplaced, forward_to)
         leads = [r for r in records if r.topic != activity]
-        result = LeadsResult(outputs=forwarded)
+        result = StageResult(outputs=forwarded)
         if leads:
             decided = self.qualifier.process(leads, now, load_state)
             result.outputs += decided.outputs
-            result.writes = [(key, value) for key, (_p, value) in decided.state_writes.items()]
+            result.writes = decided.writes
         if len(leads) != len(records):
             result.outputs += [
                 forward_activity(r, self.rules, self.topics, now, self.router_version)

@@ -42,7 +42,7 @@ from router.domain.qualification import (
 from router.domain.routing import RouteRequest
 from router.domain.rules import Rules
 from router.metrics import DEAD_LETTERS, PROFILES, RECYCLED, TOUCHPOINTS, TRANSITIONS
-from router.records import Output, Record
+from router.records import Output, Record, StageResult
 from router.service.decay_index import DecayIndex
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,9 @@ def route_request(state: LeadState, now: datetime) -> RouteRequest:
 
 
 @dataclass(slots=True)
-class BatchResult:
-    outputs: list[Output] = field(default_factory=list)
-    # lead key -> (partition the lead lives on, encoded state)
-    state_writes: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+class QualifiedBatch(StageResult):
+    """A StageResult (one state write per lead per batch) and the transitions decided."""
+
     transitions: list[Transition] = field(default_factory=list)
 
 
@@ -96,8 +95,8 @@ class Qualifier:
         records: Sequence[Record],
         now: datetime,
         load_state: Callable[[bytes], bytes | None],
-    ) -> BatchResult:
-        result = BatchResult()
+    ) -> QualifiedBatch:
+        result = QualifiedBatch()
         ctx = Context(
             rules=self.rules,
             router_version=self.router_version,
@@ -138,7 +137,7 @@ class Qualifier:
                 PROFILES.inc(n)
         for key in dirty:
             partition, state = states[key]
-            result.state_writes[key] = (partition, state.to_bytes())
+            result.writes.append((key, state.to_bytes()))
             self.decay_index.set(key, partition, decay_deadline(state, self.rules), state.cycle)
         return result
 

@@ -63,7 +63,7 @@ from router.metrics import (
     ROUTING_LATENCY,
     SLA_OUTCOMES,
 )
-from router.records import Output, Record
+from router.records import Output, Record, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,10 @@ def _at(ts: float) -> datetime:
 
 
 @dataclass(slots=True)
-class StageResult:
-    outputs: list[Output] = field(default_factory=list)
-    state_writes: dict[bytes, bytes | None] = field(default_factory=dict)
+class RoutedBatch(StageResult):
+    """A StageResult (the changed routing records, then the applied offset) and the routing
+    decisions behind its assignment outputs."""
+
     decisions: list[Decision] = field(default_factory=list)
 
 
@@ -127,12 +128,12 @@ class RoutingStage:
         self._gauges()
 
     def process(self, records: Sequence[Record], now: datetime,
-                load_state: Callable[[], Mapping[bytes, bytes]]) -> StageResult:
+                load_state: Callable[[], Mapping[bytes, bytes]]) -> RoutedBatch:
         if self.state is None:
             self.load(load_state())
         state = self.state
         assert state is not None
-        result = StageResult()
+        result = RoutedBatch()
         last_offset = self.applied_offset
         for record in records:
             if record.offset <= self.applied_offset:
@@ -168,15 +169,15 @@ class RoutingStage:
         for decision in result.decisions:
             result.outputs.append(self._assignment(decision, now))
         for key, value in state.flush().items():
-            result.state_writes[key.encode()] = value
+            result.writes.append((key.encode(), value))
         if last_offset > self.applied_offset:
             self.applied_offset = last_offset
-            result.state_writes[OFFSET_KEY.encode()] = orjson.dumps(last_offset)
+            result.writes.append((OFFSET_KEY.encode(), orjson.dumps(last_offset)))
         self._gauges()
         return result
 
     def _activity(self, record: Record, raw: dict[str, Any], now: datetime,
-                  result: StageResult) -> bool:
+                  result: RoutedBatch) -> bool:
         state = self.state
         assert state is not None
         activity = SalesActivity.model_validate(raw["activity"])

@@ -54,7 +54,7 @@ from router.metrics import (
     READY,
     REGISTRY,
 )
-from router.records import Output, Record
+from router.records import Output, Record, StageResult
 from router.service.leads_stage import LeadsStage
 from router.service.qualifier import Qualifier
 from router.service.routing_stage import RoutingStage, tick
@@ -63,7 +63,7 @@ from router.worker.inspect_views import Inspector, register
 from router.worker.pipeline.assignor import CoPartitionedAssignor
 from router.worker.pipeline.core import LEADS, ROUTING
 from router.worker.pipeline.processor import PartitionProcessor
-from router.worker.pipeline.stage import StageSpec, TaskResult
+from router.worker.pipeline.stage import StageSpec
 from router.worker.pipeline.store import PartitionStore
 
 log = logging.getLogger(__name__)
@@ -160,14 +160,12 @@ class RouterApp:
     # ---- the stages' handlers (pure decisions; the processor writes them) --------------------
 
     def _leads(self, partition: int, records: list[Record], store: PartitionStore,
-               now: datetime) -> TaskResult:
-        decided = self.leads.process(records, now, store.get)
-        return TaskResult(decided.outputs, decided.writes)
+               now: datetime) -> StageResult:
+        return self.leads.process(records, now, store.get)
 
     def _route(self, partition: int, records: list[Record], store: PartitionStore,
-               now: datetime) -> TaskResult:
-        decided = self.routing.process(records, now, lambda: dict(store.items()))
-        return TaskResult(decided.outputs, list(decided.state_writes.items()))
+               now: datetime) -> StageResult:
+        return self.routing.process(records, now, lambda: dict(store.items()))
 
     # ---- running -----------------------------------------------------------------------------
 

@@ -12,12 +12,12 @@ from typing import Any
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.structs import TopicPartition
 
-from router.records import Output, Record
+from router.records import Output, Record, StageResult
 from router.settings import Settings
 from router.worker.pipeline.assignor import CoPartitionedAssignor
 from router.worker.pipeline.core import LEADS, Ownership, Task, TaskId
 from router.worker.pipeline.processor import PartitionProcessor
-from router.worker.pipeline.stage import StageSpec, TaskResult
+from router.worker.pipeline.stage import StageSpec
 from router.worker.pipeline.store import MemoryStore, PartitionStore
 
 TOPIC = "t.touchpoints"
@@ -161,9 +161,9 @@ HANDLED: list[tuple[list[int], bytes | None]] = []  # (offsets, the store's stat
 
 
 def handle(partition: int, records: list[Record], store: PartitionStore, now: Any
-           ) -> TaskResult:
+           ) -> StageResult:
     HANDLED.append(([r.offset for r in records], store.get(b"L-1")))
-    return TaskResult([Output("t.out", b"L-1", b"x")],
+    return StageResult([Output("t.out", b"L-1", b"x")],
                       [(b"L-1", b"state@%d" % records[-1].offset)])
 
 

@@ -299,13 +299,13 @@ class Store:
     def load(self, key: bytes) -> bytes | None:
         return self.data.get(key)
 
-    def write(self, writes: dict[bytes, tuple[int, bytes]]) -> None:
-        self.data.update({k: v for k, (_p, v) in writes.items()})
+    def write(self, writes: list[tuple[bytes, bytes | None]]) -> None:
+        self.data.update({k: v for k, v in writes if v is not None})
 
 
 def run(q: Qualifier, store: Store, records: list[Record], now: datetime) -> Any:
     result = q.process(records, now, store.load)
-    store.write(result.state_writes)
+    store.write(result.writes)
     return result
 
 

@@ -437,7 +437,7 @@ def test_nesting_orjson_reads_flows_through_without_being_written_again(depth: i
     result = qualifier().process([Record(TOPICS.touchpoints, 0, 0, b"L-deep", raw)], NOW,
                                  lambda _key: None)
     assert not [o for o in result.outputs if o.topic == TOPICS.deadletter]
-    assert b"L-deep" in result.state_writes
+    assert b"L-deep" in dict(result.writes)
 
 
 @pytest.mark.parametrize("depth", [1023, 1024, 2000, 10_000, 100_000])
@@ -464,7 +464,7 @@ def test_a_touchpoint_100_years_old_is_accepted_and_counts_only_by_event_time() 
     records = [Record(TOPICS.touchpoints, 0, 0, b"L-old", recent),
                Record(TOPICS.touchpoints, 0, 1, b"L-old", dumps(old))]
     result = qualifier().process(records, NOW, lambda _key: None)
-    state = LeadState.from_bytes(result.state_writes[b"L-old"][1])
+    state = LeadState.from_bytes(dict(result.writes)[b"L-old"] or b"")
     assert [t[1] for t in state.recent] == ["recent"]  # the old one fell out of the window
     assert state.last_tts is None and not result.transitions
     assert not [o for o in result.outputs if o.topic == TOPICS.deadletter]
@@ -603,8 +603,8 @@ def test_the_qualifier_dead_letters_each_refused_record_once_and_goes_on(
 
     sql = {t.lead_id for t in first.transitions if t.type == "lead.sql"}
     assert sql >= set(leads)
-    for key, (_partition, state) in first.state_writes.items():
-        assert LeadState.from_bytes(state).lead_id == key.decode()
+    for key, state in first.writes:
+        assert state is not None and LeadState.from_bytes(state).lead_id == key.decode()
         store[key] = state
 
     # a redelivery of the same batch (at-least-once) repeats the same letters, byte for byte,

@@ -13,10 +13,10 @@ import pytest
 from aiokafka.errors import CommitFailedError, KafkaConnectionError
 from aiokafka.structs import TopicPartition
 
-from router.records import Output
+from router.records import Output, StageResult
 from router.worker.pipeline.alo_commit import AtLeastOnceCommits
 from router.worker.pipeline.core import LEADS, ROUTING, Ownership, Phase, TaskId
-from router.worker.pipeline.stage import Decision, StageSpec, TaskResult
+from router.worker.pipeline.stage import Decision, StageSpec
 from router.worker.pipeline.store import INPUT_OFFSETS, PartitionStore, encode_offsets
 from tests.unit.pipeline_fakes import (
     TASK,
@@ -56,7 +56,7 @@ def commits(calls: list[str]
 def decision(alo: AtLeastOnceCommits, task_id: TaskId, tp: TopicPartition,
              next_offset: int) -> Decision:
     epoch = alo.core.tasks[task_id].epoch
-    result = TaskResult([Output(f"out.{task_id.stage}", b"k", b"v")],
+    result = StageResult([Output(f"out.{task_id.stage}", b"k", b"v")],
                         [(b"k", b"state"),
                          (INPUT_OFFSETS, encode_offsets({tp.topic: next_offset}))])
     return task_id, epoch, {tp: next_offset}, result

@@ -13,10 +13,9 @@ import asyncio
 from aiokafka.errors import InvalidProducerEpoch, KafkaTimeoutError, ProducerFenced
 from aiokafka.structs import TopicPartition
 
-from router.records import Output
+from router.records import Output, StageResult
 from router.worker.pipeline.core import LEADS, ROUTING, Ownership, TaskId
 from router.worker.pipeline.eos_commit import ExactlyOnceCommits
-from router.worker.pipeline.stage import TaskResult
 from router.worker.pipeline.store import INPUT_OFFSETS, PartitionStore, encode_offsets
 from router.worker.pipeline.txn_tuning import TxnTuning
 from tests.unit.pipeline_fakes import (
@@ -112,8 +111,8 @@ def commits(producer: FakeProducer, core: Ownership | None = None,
     return eos, store, control
 
 
-def decided(epoch: int, next_offset: int = 7) -> TaskResult:
-    return TaskResult([Output("t.out", b"L-1", b"x"), Output("t.sql", b"L-1", b"y", 3)],
+def decided(epoch: int, next_offset: int = 7) -> StageResult:
+    return StageResult([Output("t.out", b"L-1", b"x"), Output("t.sql", b"L-1", b"y", 3)],
                       [(b"L-1", b"state"), (INPUT_OFFSETS, encode_offsets({TOPIC: next_offset}))])
 
 

@@ -342,11 +342,12 @@ class Store:
         self.data: dict[bytes, bytes] = {}
 
     def process(self, q: Qualifier, records: Sequence[Record]
-                ) -> tuple[list[Output], Mapping[bytes, tuple[int, bytes]]]:
+                ) -> tuple[list[Output], Mapping[bytes, bytes | None]]:
         result = q.process(records, NOW, self.data.get)
-        for key, (_, value) in result.state_writes.items():
+        for key, value in result.writes:
+            assert value is not None
             self.data[key] = value
-        return result.outputs, result.state_writes
+        return result.outputs, dict(result.writes)
 
 
 def by_topic(outputs: Sequence[Output], topic: str) -> list[dict[str, Any]]:
@@ -370,8 +371,8 @@ def test_qualifier_emits_lead_recycled_and_writes_state() -> None:
     assert t.criteria == {"recycled_because": "rejected: bad_timing"}
     assert t.occurred_at == at(5)
     assert (t.router_version, t.rules_version, t.emitted_at) == (VERSION, RULES.version, NOW)
-    partition, value = writes[LEAD.encode()]
-    assert partition == 4
+    value = writes[LEAD.encode()]
+    assert value is not None
     state = LeadState.from_bytes(value)
     assert (state.cycle, state.stage, state.cycle_start) == (2, Stage.NEW, at(5).timestamp())
     assert state.profile is not None

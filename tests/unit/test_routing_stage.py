@@ -74,7 +74,7 @@ def run(s: RoutingStage, records: Sequence[Record], now: datetime = NOW,
             assert out.topic == TOPICS.deadletter, out.topic
             DeadLetter.model_validate(body)
             letters.append(body)
-    return assignments, letters, result.state_writes
+    return assignments, letters, dict(result.writes)
 
 
 def summary(assignments: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str | None]]:

@@ -800,7 +800,7 @@ class Run:
 
 def run(s: RoutingStage, records: Sequence[Record], now: datetime) -> Run:
     result = s.process(records, now, dict)
-    out = Run([], [], [], [], dict(result.state_writes))
+    out = Run([], [], [], [], dict(result.writes))
     for o in result.outputs:
         body = orjson.loads(o.value)
         if o.topic == TOPICS.sla:
@@ -880,7 +880,7 @@ def test_stage_restart_does_not_fire_a_clock_twice() -> None:
     restarted = new_stage(rep("A"))
     result = restarted.process([tick_record(2, mins(4.5))], mins(4.5), lambda: dict(store))
     assert [o for o in result.outputs if o.topic == TOPICS.sla] == []
-    keep(result.state_writes)
+    keep(dict(result.writes))
     result = restarted.process([tick_record(3, mins(5))], mins(5), lambda: dict(store))
     assert [orjson.loads(o.value)["event_id"] for o in result.outputs] == [
         "L1:c1:sla:1:breached"]

@@ -74,9 +74,11 @@ async def run(inputs: str, outputs: str, group: str) -> None:
             acks = [await producer.send(o.topic, o.value, key=o.key) for o in result.outputs]
             await asyncio.gather(*acks)  # outputs first, as in the worker
             by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-            for key, (partition, value) in result.state_writes.items():
+            partition_of = {r.key: r.partition for r in records}  # a lead's key: one partition
+            for key, value in result.writes:
+                assert value is not None  # the qualifier never deletes a lead
                 state[key] = value
-                by_partition.setdefault(partition, []).append((key, value))
+                by_partition.setdefault(partition_of[key], []).append((key, value))
             sent = []
             for partition, writes in by_partition.items():
                 batch = producer.create_batch()

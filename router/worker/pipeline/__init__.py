@@ -15,6 +15,6 @@ processed or fetched again from the committed position.
   eos_commit.py exactly-once commits: one transaction per task and batch, overlapped
   alo_commit.py at-least-once commits: outputs acked, state written, offsets committed
   commit.py     what both commit protocols share (changelog sends, TaskControl)
-  stage.py      StageSpec (a stage's declaration), its Handler and TaskResult
+  stage.py      StageSpec (a stage's declaration), its Handler and StageResult
   loggers.py    the processor's logger and router.trace
 """

@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import IllegalStateError, InvalidProducerEpoch, ProducerFenced
 from aiokafka.structs import TopicPartition
 
+from router.records import StageResult
 from router.worker.pipeline.commit import (
     CLOSE_TIMEOUT_SECONDS,
     TaskControl,
@@ -41,7 +42,7 @@ from router.worker.pipeline.commit import (
 )
 from router.worker.pipeline.core import Ownership, Phase, TaskId
 from router.worker.pipeline.loggers import trace, trace_commit
-from router.worker.pipeline.stage import Decision, StageSpec, TaskResult
+from router.worker.pipeline.stage import Decision, StageSpec
 from router.worker.pipeline.store import PartitionStore
 from router.worker.pipeline.txn_tuning import TxnTuning
 
@@ -121,7 +122,7 @@ class ExactlyOnceCommits:
         return commits
 
     async def transact(self, task_id: TaskId, epoch: int,
-                       offsets: dict[TopicPartition, int], result: TaskResult) -> bool:
+                       offsets: dict[TopicPartition, int], result: StageResult) -> bool:
         """Exactly-once: outputs, changelog and consumed offsets in ONE transaction. True
         when the batch was committed and applied to the task's store and positions."""
         producer = self.producers[task_id]

@@ -1,32 +1,26 @@
 """What the processor knows of a stage: its declaration (StageSpec), the handler it calls
-per task and batch, and what that handler decides (TaskResult). The loop (processor.py) calls
-the handlers; the commit protocols (eos_commit.py, alo_commit.py) write what they decided."""
+per task and batch, and what that handler decides (router.records.StageResult). The loop
+(processor.py) calls the handlers; the commit protocols (eos_commit.py, alo_commit.py) write
+what they decided."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from aiokafka.structs import TopicPartition
 
-from router.records import Output, Record
+from router.records import Record, StageResult
 from router.worker.pipeline.core import TaskId
 from router.worker.pipeline.store import PartitionStore
 
-
-@dataclass(slots=True)
-class TaskResult:
-    outputs: list[Output] = field(default_factory=list)
-    writes: list[tuple[bytes, bytes | None]] = field(default_factory=list)
-
-
-Handler = Callable[[int, list[Record], PartitionStore, datetime], TaskResult]
+Handler = Callable[[int, list[Record], PartitionStore, datetime], StageResult]
 
 # one task's decided batch, as the loop hands it to a commit protocol: the task, the epoch it
 # was decided under, the next offset of each input partition, and what the handler decided
 # (its writes end with the input offsets, the changelog's copy of them)
-Decision = tuple[TaskId, int, dict[TopicPartition, int], TaskResult]
+Decision = tuple[TaskId, int, dict[TopicPartition, int], StageResult]
 
 
 @dataclass(frozen=True)
