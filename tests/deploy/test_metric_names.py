@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from router.adapters.topics import Topics
 from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
-from tests.deploy.test_manifests import (
+from tests.deploy.manifests import (
     PROMETHEUS_GENERATED,
     all_exprs,
     metric_labels,

@@ -16,8 +16,8 @@ from router.adapters.topics import Topics
 from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
 from router.tools.history import read_topic
+from tests.integration.builders import touch_days_ago
 from tests.integration.conftest import new_prefix, send, start_worker, wait_processed
-from tests.integration.test_qualification_stream import touch
 
 LEADS = [f"L-cmp{i:03d}" for i in range(120)]
 UPDATES = 10
@@ -65,12 +65,12 @@ async def test_a_memory_store_restore_reads_only_live_keys_after_a_long_history(
             last = None
             for lead in LEADS:
                 last = await send(producer, topics.touchpoints, lead,
-                                  touch(lead, update, "page_view", 20 - update))
+                                  touch_days_ago(lead, update, "page_view", 20 - update))
             assert last is not None
             await wait_processed(broker, f"{prefix}leadrouter", last, timeout=60)
             await asyncio.sleep(0.6)  # past segment.ms: the next write rolls a segment
         for lead in LEADS[:1]:  # one more write rolls the last full segment
-            await send(producer, topics.touchpoints, lead, touch(lead, 99, "page_view", 1))
+            await send(producer, topics.touchpoints, lead, touch_days_ago(lead, 99, "page_view", 1))
         written = await changelog_end_total(broker.bootstrap, changelog)
         assert written >= UPDATES * len(LEADS), written  # every update reached the changelog
         deadline = time.monotonic() + 90

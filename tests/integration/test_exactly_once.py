@@ -24,8 +24,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from router.adapters.topics import Topics
 from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
+from tests.integration.builders import rep, wait_ready_with_roster
 from tests.integration.conftest import new_prefix, send, start_worker
-from tests.integration.test_routing_two_workers import rep, wait_ready_with_roster
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 TRACKED = [f"L-eos{i:03d}" for i in range(120)]

@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaProducer
 from router.adapters.topics import Topics
 from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
+from tests.integration.builders import wait_ready_with_roster
 from tests.integration.conftest import collect, new_prefix, send, start_worker
-from tests.integration.test_routing_two_workers import wait_ready_with_roster
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SQL_LEADS = [f"L-insp-sql{i}" for i in range(8)]

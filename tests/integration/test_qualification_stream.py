@@ -4,17 +4,14 @@ embedded broker, through the real `leadrouter worker` process."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from router.adapters.topics import Topics
 from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
+from tests.integration.builders import profile, touch_days_ago
 from tests.integration.conftest import collect, send, wait_processed
-
-NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 async def wait_for_named_accounts(worker: WorkerProcess, count: int, timeout: float = 15) -> None:
@@ -25,25 +22,6 @@ async def wait_for_named_accounts(worker: WorkerProcess, count: int, timeout: fl
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"worker did not load {count} named accounts: {body}")
-
-
-def iso(days: float = 0, seconds: float = 0) -> str:
-    return (NOW - timedelta(days=days) + timedelta(seconds=seconds)).isoformat()
-
-
-def profile(lead: str, *, seniority: str = "director", role: str = "decision_maker",
-            employees: int | None = 420, industry: str | None = "saas",
-            domain: str = "acme.io") -> dict[str, Any]:
-    return {"lead_id": lead, "updated_at": iso(days=1), "email": f"{lead}@{domain}",
-            "name": "Ana Ruiz", "seniority": seniority, "buying_role": role,
-            "language": "es", "country": "ES",
-            "company": {"name": "Acme", "domain": domain, "employees": employees,
-                        "industry": industry}}
-
-
-def touch(lead: str, n: int, kind: str, days_ago: float, **extra: Any) -> dict[str, Any]:
-    return {"event_id": f"{lead}-tp{n}", "lead_id": lead, "type": kind,
-            "occurred_at": iso(days=days_ago), **extra}
 
 
 async def test_standard_direct_abm_and_not_fit(
@@ -59,29 +37,30 @@ async def test_standard_direct_abm_and_not_fit(
     await send(producer, topics.profiles, "L-std", profile("L-std"))
     for n, kind in enumerate(["page_view", "pricing_page_view", "email_click",
                               "pricing_page_view"]):
-        await send(producer, topics.touchpoints, "L-std", touch("L-std", n, kind, 5 - n))
+        await send(producer, topics.touchpoints, "L-std", touch_days_ago("L-std", n, kind, 5 - n))
 
     # direct: one demo request from a fit decision maker, no MQL first
     await send(producer, topics.profiles, "L-dir", profile("L-dir"))
-    await send(producer, topics.touchpoints, "L-dir", touch("L-dir", 0, "demo_request", 0))
+    await send(producer, topics.touchpoints, "L-dir", touch_days_ago("L-dir", 0, "demo_request", 0))
 
     # ABM: a 15,000-employee manufacturer (not fit) on a named account, with SQL intent
     await send(producer, topics.profiles, "L-abm",
                profile("L-abm", employees=15000, industry="manufacturing", domain="bigco.com"))
     for n, kind in enumerate(["page_view", "pricing_page_view", "pricing_page_view"]):
         await send(producer, topics.touchpoints, "L-abm",
-                   touch("L-abm", n, kind, 3 - n, account_domain="bigco.com"))
+                   touch_days_ago("L-abm", n, kind, 3 - n, account_domain="bigco.com"))
 
     # not fit: same behaviour as L-dir, but a 10-person retailer -> nothing
     await send(producer, topics.profiles, "L-nofit",
                profile("L-nofit", employees=10, industry="retail", domain="tiny.example"))
-    await send(producer, topics.touchpoints, "L-nofit", touch("L-nofit", 0, "demo_request", 0))
+    await send(producer, topics.touchpoints, "L-nofit",
+               touch_days_ago("L-nofit", 0, "demo_request", 0))
 
     # profile after touchpoints: re-evaluated at once when the profile arrives. Two topics
     # have no order between them, so wait until the touchpoints are processed first.
     for n, kind in enumerate(["page_view", "product_page_view"]):
         last = await send(producer, topics.touchpoints, "L-late",
-                          touch("L-late", n, kind, 2 - n))
+                          touch_days_ago("L-late", n, kind, 2 - n))
     await wait_processed(broker, f"{prefix}leadrouter", last)
     await send(producer, topics.profiles, "L-late",
                profile("L-late", seniority="manager", role="influencer"))
@@ -124,7 +103,7 @@ async def test_duplicates_and_out_of_order_on_the_stream(
     """Three distinct touches sent six times, newest first: still no SQL (needs 4)."""
     lead = "L-dup"
     await send(producer, topics.profiles, lead, profile(lead))
-    events = [touch(lead, n, kind, 3 - n)
+    events = [touch_days_ago(lead, n, kind, 3 - n)
               for n, kind in enumerate(["page_view", "pricing_page_view", "page_view"])]
     for _ in range(2):
         for event in reversed(events):
@@ -138,8 +117,10 @@ async def test_duplicates_and_out_of_order_on_the_stream(
     assert mine[0]["criteria"]["engagement"]["touchpoints_in_window"] == 2  # at the crossing
 
     # the 4th distinct touch (older than the others, still inside 30 days) makes it SQL
-    await send(producer, topics.touchpoints, lead, touch(lead, 9, "pricing_page_view", 20))
-    await send(producer, topics.touchpoints, lead, touch(lead, 10, "pricing_page_view", 2.5))
+    await send(producer, topics.touchpoints, lead,
+               touch_days_ago(lead, 9, "pricing_page_view", 20))
+    await send(producer, topics.touchpoints, lead,
+               touch_days_ago(lead, 10, "pricing_page_view", 2.5))
     got = await collect(broker, topics.transitions,
                         until=lambda rs: any(r["event_id"] == f"{lead}:c1:sql" for r in rs),
                         timeout=30)

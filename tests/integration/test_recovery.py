@@ -3,39 +3,15 @@ a lead three touches into the standard path becomes SQL at its 4th touch after t
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.structs import RecordMetadata
 
 from router.adapters.topics import Topics
 from router.harness.brokers import LocalBroker
+from tests.integration.builders import daily_touch, feed_three_touches
 from tests.integration.conftest import collect, new_prefix, send, start_worker, wait_processed
-
-NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-def touch(lead: str, n: int, kind: str) -> dict[str, object]:
-    return {"event_id": f"{lead}-{n}", "lead_id": lead, "type": kind,
-            "occurred_at": (NOW - timedelta(days=10 - n)).isoformat()}
-
-
-async def feed_three_touches(producer: AIOKafkaProducer, topics: Topics, leads: list[str]
-                             ) -> RecordMetadata:
-    """A fit VP profile and three touches per lead (one pricing view): MQL, one pricing view
-    and one touch short of SQL. Returns the last record sent."""
-    last: RecordMetadata | None = None
-    for lead in leads:
-        await send(producer, topics.profiles, lead, {
-            "lead_id": lead, "updated_at": NOW.isoformat(), "seniority": "vp",
-            "company": {"employees": 500, "industry": "saas"}})
-        for n, kind in enumerate(["page_view", "pricing_page_view", "page_view"]):
-            # repeated updates of the same keys: many changelog records per lead
-            last = await send(producer, topics.touchpoints, lead, touch(lead, n, kind))
-    assert last is not None
-    return last
 
 
 async def test_state_survives_sigkill_and_restart(
@@ -59,7 +35,8 @@ async def test_state_survives_sigkill_and_restart(
     try:
         for lead in leads:
             # 4th touch, a 2nd pricing view 2 days after the 1st: SQL only if state survived
-            await send(producer, topics.touchpoints, lead, touch(lead, 3, "pricing_page_view"))
+            await send(producer, topics.touchpoints, lead,
+                       daily_touch(lead, 3, "pricing_page_view"))
         after = await collect(
             broker, topics.transitions,
             until=lambda rs: sum(r["type"] == "lead.sql" for r in rs) >= len(leads), timeout=40)

@@ -13,8 +13,8 @@ from aiokafka import AIOKafkaProducer
 from router.adapters.topics import Topics
 from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
+from tests.integration.builders import daily_touch, feed_three_touches
 from tests.integration.conftest import collect, new_prefix, send, start_worker, wait_processed
-from tests.integration.test_recovery import feed_three_touches, touch
 
 LEADS = [f"L-rdb{i}" for i in range(40)]
 TABLE = "lead-state"
@@ -46,7 +46,8 @@ async def run_kill_restart(broker: LocalBroker, producer: AIOKafkaProducer,
     try:
         replayed = restored(worker)
         for lead in LEADS:
-            await send(producer, topics.touchpoints, lead, touch(lead, 3, "pricing_page_view"))
+            await send(producer, topics.touchpoints, lead,
+                       daily_touch(lead, 3, "pricing_page_view"))
         after = await collect(
             broker, topics.transitions,
             until=lambda rs: sum(r["type"] == "lead.sql" for r in rs) >= len(LEADS), timeout=40)

@@ -3,7 +3,6 @@ partitions, still respects capacity and round-robin, and every SQL gets exactly 
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,28 +12,13 @@ from aiokafka import AIOKafkaProducer
 
 from router.adapters.topics import Topics
 from router.harness.brokers import LocalBroker
+from tests.integration.builders import REP_CAPACITY, rep, wait_ready_with_roster
 from tests.integration.conftest import collect, new_prefix, send, start_worker
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 REPS = ["R-A", "R-B", "R-C", "R-D"]
-CAPACITY = 5
+CAPACITY = REP_CAPACITY  # rep()'s max_open_leads
 LEADS = [f"L-burst{i:02d}" for i in range(30)]
-
-
-def rep(rep_id: str, **extra: Any) -> dict[str, Any]:
-    return {"rep_id": rep_id, "pools": ["EMEA"], "languages": ["de", "en"],
-            "max_open_leads": CAPACITY, "timezone": "Europe/Berlin", **extra}
-
-
-async def wait_ready_with_roster(workers: list[Any], reps: int, timeout: float = 20) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        bodies = [w.get("/ready")[1] for w in workers]
-        if all(b["ready"] and b["reps"] >= reps for b in bodies):
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"workers not ready with {reps} reps: {bodies}")
 
 
 async def test_burst_for_one_pool_on_two_workers(

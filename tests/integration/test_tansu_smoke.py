@@ -9,8 +9,8 @@ from aiokafka import AIOKafkaProducer
 
 from router.adapters.topics import Topics
 from router.harness.brokers import LocalBroker
+from tests.integration.builders import profile, touch_days_ago
 from tests.integration.conftest import collect, new_prefix, send, start_worker
-from tests.integration.test_qualification_stream import profile, touch
 
 
 async def test_a_worker_on_tansu_qualifies_and_routes_a_lead(
@@ -28,7 +28,7 @@ async def test_a_worker_on_tansu_qualifies_and_routes_a_lead(
                                                    "languages": ["es"]})
         await send(producer, topics.profiles, "L-tansu", profile("L-tansu"))
         await send(producer, topics.touchpoints, "L-tansu",
-                   touch("L-tansu", 1, "demo_request", 0.01))
+                   touch_days_ago("L-tansu", 1, "demo_request", 0.01))
         assigned = await collect(tansu_broker, topics.assignments,
                                  until=lambda rs: any(r["type"] == "lead.assigned" for r in rs),
                                  timeout=60)
