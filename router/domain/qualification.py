@@ -76,7 +76,7 @@ class LeadState:
                 "v": STATE_FORMAT,
                 "id": self.lead_id,
                 "c": self.cycle,
-                "s": self.stage.value,
+                "s": str(self.stage),
                 "n": self.newest_ts,
                 "r": self.recent,
                 "i": self.last_intent,
@@ -227,7 +227,7 @@ def record_touchpoint(
         return False  # belongs only to windows that have already passed
     if state.cycle_start is not None and ts < state.cycle_start:
         return False  # counted in the cycle that sales has already recycled
-    touch: Touch = (ts, tp.event_id, tp.type.value, _topic_of(tp))
+    touch: Touch = (ts, tp.event_id, str(tp.type), _topic_of(tp))  # str(): StrEnum's value
     changed = _insert_top(state.recent, touch, recent_capacity(rules))
     if tp.type in INTENT_TYPES and _newer(state.last_intent, touch):
         state.last_intent = touch
@@ -570,17 +570,21 @@ def _transition(
     )
 
 
+def can_move(state: LeadState) -> bool:
+    """Whether any stage can be reached from here. Every MQL and SQL path needs an intent
+    touchpoint in the window (SPEC §3), and talk-to-sales and pricing views are intent types:
+    without one nothing can move, so the assessment (most of an event's cost) is skipped.
+    _prune drops last_intent with the window, never later than the touches it outranks."""
+    return state.stage is not Stage.SQL and state.last_intent is not None
+
+
 def decide(state: LeadState, trigger: str, occurred_at: datetime, ctx: Context) -> list[Transition]:
     """Move the lead forward as far as its criteria allow; mutates `state.stage`.
 
     Standard and ABM SQLs reached straight from `new` emit `lead.mql` first when the MQL
     criteria hold too, so funnel counts add up; the direct path never emits an MQL (SPEC §3).
     """
-    if state.stage is Stage.SQL or state.last_intent is None:
-        # Every MQL and SQL path needs an intent touchpoint in the window (SPEC §3), and
-        # talk-to-sales and pricing views are intent types: without one nothing can move, so
-        # the assessment (most of a touchpoint's cost) is skipped. _prune drops last_intent
-        # with the window, never later than the talk-to-sales and pricing touches it outranks.
+    if not can_move(state):
         return []
     a = assess(state, ctx.rules, ctx.is_named_account)
     sql_path: QualificationPath | None = None
@@ -620,8 +624,8 @@ def profile_trigger(profile: LeadProfile) -> str:
 
 def apply_profile(state: LeadState, profile: LeadProfile, ctx: Context) -> list[Transition]:
     """A profile arriving after touchpoints re-evaluates the lead at once (SPEC §3)."""
-    if not record_profile(state, profile):
-        return []
+    if not record_profile(state, profile) or not can_move(state):
+        return []  # (checked here too: the trigger's text costs more than the check)
     return decide(state, profile_trigger(profile), profile.updated_at, ctx)
 
 
