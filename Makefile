@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit integration schemas broker bench bench-latency bench-sla \
+.PHONY: demo test lint typecheck unit integration schemas broker bench bench-latency bench-txn bench-sla \
 	chaos chaos-tansu chaos-short chaos-kill-loop chaos-kill-loop-tansu clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -54,6 +54,11 @@ bench: $(STAMP)
 
 bench-latency: $(STAMP)
 	$(BIN)/leadrouter bench-latency $(BENCH_ARGS)
+
+# aiokafka against confluent-kafka (librdkafka) on the same transactional loop, each variant
+# on fresh topics of its own broker (router/harness/bench/txn_loop.py); about 3 minutes
+bench-txn: $(STAMP)
+	$(BIN)/leadrouter bench-txn $(BENCH_ARGS)
 
 # Three Apache Kafka nodes (replication 3, min.insync.replicas 2), worker and broker faults;
 # strict: exactly-once is the default on Kafka, so a read_committed reader must see every

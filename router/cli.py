@@ -117,6 +117,17 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
                              isolation=args.isolation)
 
 
+def _cmd_bench_txn(args: argparse.Namespace) -> int:
+    from router.harness.bench.txn_loop import config_from_args, run_txn_bench
+
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"leadrouter bench-txn: {exc}", file=sys.stderr)
+        return 2
+    return run_txn_bench(config, broker=args.broker, as_json=args.json)
+
+
 def _cmd_bench_sla(args: argparse.Namespace) -> int:
     from router.harness.bench.sla import run_sla_bench
 
@@ -341,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trace the worker and print where each millisecond of a transaction"
                         " goes (router/harness/bench/hops.py)")
     p.set_defaults(func=_cmd_bench_latency)
+
+    from router.harness.bench.txn_loop import add_arguments as add_bench_txn_arguments
+
+    p = sub.add_parser("bench-txn", help="the same exactly-once consume-transform-produce loop"
+                       " with aiokafka and confluent-kafka, side by side (its own broker)")
+    add_bench_txn_arguments(p)
+    p.set_defaults(func=_cmd_bench_txn)
 
     p = sub.add_parser("verify", help="check a run's outputs against its inputs (exit 1 on"
                        " any violation)")
