@@ -62,7 +62,8 @@ class TextFormatter(logging.Formatter):
 
 
 def logging_config(fmt: str, level: str) -> dict[str, Any]:
-    """A dictConfig for the faust/mode worker and our own loggers."""
+    """A dictConfig for our loggers and the libraries' (aiokafka; faust and mode, which only the
+    bench's floor app imports, stay quiet unless debugging)."""
     formatter = "router.logs.JsonFormatter" if fmt == "json" else "router.logs.TextFormatter"
     return {
         "version": 1,
