@@ -202,3 +202,23 @@ async def test_admit_holds_a_task_in_flight_and_drops_one_whose_commit_failed() 
     assert eos.held == {} and eos.inflight == {} and control.seeks == [TASK]
     await eos.drain()
 
+
+
+async def test_max_concurrent_commits_runs_the_next_transaction_after_the_one_in_flight(
+        ) -> None:
+    """txn_tuning's max_concurrent_commits=1: a second transaction waits for a slot (it does
+    not begin) until the first has committed; without the cap both begin at once."""
+    for cap, overlapped in ((1, False), (0, True)):
+        producer = FakeProducer()
+        producer.commit_gate = asyncio.Event()
+        eos, _store, _control = commits(producer, tuning=TxnTuning(max_concurrent_commits=cap))
+        epoch = eos.core.tasks[TASK].epoch
+        first = asyncio.create_task(eos.transact(TASK, epoch, {TP: 7}, decided(epoch)))
+        second = asyncio.create_task(eos.transact(TASK, epoch, {TP: 8}, decided(epoch, 8)))
+        await asyncio.sleep(0.01)
+        assert (producer.calls.count("begin") == 2) is overlapped, (cap, producer.calls)
+        producer.commit_gate.set()
+        await asyncio.gather(first, second)
+        assert producer.calls.count("commit") == 2
+        begins = [i for i, call in enumerate(producer.calls) if call == "begin"]
+        assert (begins[1] > producer.calls.index("commit")) is not overlapped

@@ -70,6 +70,10 @@ class ExactlyOnceCommits:
         # meanwhile for those tasks (decided once their commit is known)
         self.inflight: dict[TaskId, asyncio.Task[bool]] = {}
         self.held: dict[TopicPartition, list[Any]] = {}
+        # at most this many transactions at once (txn_tuning: max_concurrent_commits); the
+        # others wait here, their tasks' records held as for any commit in flight
+        cap = tuning.max_concurrent_commits
+        self.slots = asyncio.Semaphore(cap) if cap > 0 else None
 
     async def drain(self) -> None:
         """Wait for every commit in flight (each applies its own outcome) and forget the
@@ -125,6 +129,13 @@ class ExactlyOnceCommits:
                        offsets: dict[TopicPartition, int], result: StageResult) -> bool:
         """Exactly-once: outputs, changelog and consumed offsets in ONE transaction. True
         when the batch was committed and applied to the task's store and positions."""
+        if self.slots is None:
+            return await self._transact(task_id, epoch, offsets, result)
+        async with self.slots:
+            return await self._transact(task_id, epoch, offsets, result)
+
+    async def _transact(self, task_id: TaskId, epoch: int,
+                        offsets: dict[TopicPartition, int], result: StageResult) -> bool:
         producer = self.producers[task_id]
         stage = self.stages[task_id.stage]
         clock = StepClock() if trace.isEnabledFor(logging.DEBUG) else None
