@@ -32,6 +32,8 @@ COLUMNS = (
     Column("+ acks before offsets", {ENV: "overlap_commits=0"}),
     Column("+ overlapped commits (default)", {}),
     Column("default + retry_backoff_ms 10", {ENV: "retry_backoff_ms=10"}),
+    Column("default + at most 3 transactions at once", {ENV: "max_concurrent_commits=3"}),
+    Column("default + one transaction at a time", {ENV: "max_concurrent_commits=1"}),
     Column("at-least-once (for reference)", {"LEADROUTER_PROCESSING_GUARANTEE": "at_least_once"}),
 )
 
