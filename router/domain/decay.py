@@ -24,7 +24,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from router.domain.events import Stage, Transition, format_rfc3339
-from router.domain.qualification import Context, LeadState, apply_recycle
+from router.domain.lead_state import LeadState
+from router.domain.qualification import Context, apply_recycle
 from router.domain.rules import Rules
 
 DECAYED = "decayed"

@@ -15,16 +15,11 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from router.domain.criteria import account_domain, assess, missing_for_next_stage
 from router.domain.decay import DECAYED, decay_deadline
 from router.domain.events import Rep, Stage, format_rfc3339
-from router.domain.qualification import (
-    LeadState,
-    account_domain,
-    assess,
-    missing_for_next_stage,
-    score,
-    sla_class,
-)
+from router.domain.handover import score, sla_class
+from router.domain.lead_state import LeadState
 from router.domain.routing import Holding, Queued, RoutingState, current_out_of_office
 from router.domain.rules import Rules
 

@@ -27,16 +27,16 @@ from router.adapters.wire import (
     decode_touchpoint,
     encode,
 )
+from router.domain.criteria import account_domain
 from router.domain.decay import DECAYED, apply_decay, decay_deadline
 from router.domain.events import LeadProfile, Stage, Touchpoint, Transition
+from router.domain.handover import sla_class
+from router.domain.lead_state import LeadState
 from router.domain.qualification import (
     Context,
-    LeadState,
-    account_domain,
     apply_profile,
     apply_recycle,
     apply_touchpoint,
-    sla_class,
     transition_id,
 )
 from router.domain.routing import RouteRequest

@@ -31,6 +31,7 @@ import orjson
 
 from router import __version__
 from router.adapters.wire import Refused, decode, decode_profile, decode_touchpoint
+from router.domain.criteria import Assessment, assess, missing_for_next_stage
 from router.domain.events import (
     LeadProfile,
     SalesActivity,
@@ -39,16 +40,8 @@ from router.domain.events import (
     Touchpoint,
     Transition,
 )
-from router.domain.qualification import (
-    Assessment,
-    Context,
-    LeadState,
-    apply_profile,
-    apply_recycle,
-    apply_touchpoint,
-    assess,
-    missing_for_next_stage,
-)
+from router.domain.lead_state import LeadState
+from router.domain.qualification import Context, apply_profile, apply_recycle, apply_touchpoint
 from router.domain.routing import RouteRequest
 from router.domain.rules import SENIORITY_RANK, Rules
 from router.gc_tuning import bulk_work

@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from router.domain.qualification import LeadState
+from router.domain.lead_state import LeadState
 from router.domain.routing import RoutingState
 from router.service.inspection import lead_view, qualification_part, rep_view, routing_part
 from router.service.partitioning import candidate_partitions, murmur2_partition

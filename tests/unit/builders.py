@@ -14,7 +14,8 @@ import orjson
 
 from router.adapters.topics import Topics
 from router.domain.events import LeadProfile, Touchpoint, Transition
-from router.domain.qualification import Context, LeadState, apply_profile, apply_touchpoint
+from router.domain.lead_state import LeadState
+from router.domain.qualification import Context, apply_profile, apply_touchpoint
 from router.domain.rules import Rules, load_rules
 from router.records import Record
 

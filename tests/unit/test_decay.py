@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from router.adapters.topics import Topics
 from router.domain.decay import apply_decay, decay_deadline, decay_due
 from router.domain.events import LeadProfile, Stage, Touchpoint, Transition
-from router.domain.qualification import Context, LeadState, apply_profile, apply_touchpoint
+from router.domain.lead_state import LeadState
+from router.domain.qualification import Context, apply_profile, apply_touchpoint
 from router.domain.rules import Rules, RulesError, load_rules, parse_rules
 from router.records import Record
 from router.service.decay_index import DecayIndex

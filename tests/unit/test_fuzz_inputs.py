@@ -44,7 +44,7 @@ from router.domain.events import (
     TouchpointType,
     format_rfc3339,
 )
-from router.domain.qualification import LeadState
+from router.domain.lead_state import LeadState
 from router.domain.rules import load_rules
 from router.records import Record
 from router.service.leads_stage import forward_activity

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from router.domain.events import Rep, SlaClass
-from router.domain.qualification import LeadState
+from router.domain.lead_state import LeadState
 from router.domain.routing import Holding, Queued, RouteRequest, RoutingState
 from router.domain.rules import load_rules
 from router.service.inspection import (

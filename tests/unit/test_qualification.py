@@ -7,22 +7,17 @@ from datetime import timedelta
 
 import pytest
 
+from router.domain.criteria import Assessment, assess, missing_for_next_stage
 from router.domain.events import Stage, Touchpoint, Transition
-from router.domain.qualification import (
-    Assessment,
+from router.domain.handover import score
+from router.domain.lead_state import (
     LeadState,
-    apply_profile,
-    apply_touchpoint,
-    assess,
-    decide,
-    event_time_problem,
-    missing_for_next_stage,
     pricing_capacity,
     recent_capacity,
     record_profile,
     record_touchpoint,
-    score,
 )
+from router.domain.qualification import apply_profile, apply_touchpoint, decide, event_time_problem
 from router.domain.rules import Rules, load_rules, parse_rules
 from tests.unit.builders import (
     LEAD,

@@ -8,16 +8,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from router.domain.criteria import assess
 from router.domain.events import LeadProfile, Stage, Touchpoint, TouchpointType, Transition
-from router.domain.qualification import (
-    Context,
-    LeadState,
-    apply_profile,
-    apply_touchpoint,
-    assess,
-    pricing_capacity,
-    record_touchpoint,
-)
+from router.domain.lead_state import LeadState, pricing_capacity, record_touchpoint
+from router.domain.qualification import Context, apply_profile, apply_touchpoint
 from router.domain.rules import Rules, load_rules, parse_rules
 
 RULES = load_rules()

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from router.adapters.topics import Topics
+from router.domain.criteria import assess
 from router.domain.events import (
     DeadLetter,
     LeadProfile,
@@ -21,15 +22,8 @@ from router.domain.events import (
     Touchpoint,
     Transition,
 )
-from router.domain.qualification import (
-    Context,
-    LeadState,
-    apply_profile,
-    apply_recycle,
-    apply_touchpoint,
-    assess,
-    record_touchpoint,
-)
+from router.domain.lead_state import LeadState, record_touchpoint
+from router.domain.qualification import Context, apply_profile, apply_recycle, apply_touchpoint
 from router.domain.routing import RouteRequest
 from router.domain.rules import load_rules
 from router.records import Output, Record

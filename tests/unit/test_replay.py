@@ -64,12 +64,13 @@ def test_two_rule_sets_in_lock_step_say_which_criterion_changed() -> None:
 
 
 def test_explain_names_only_the_criteria_that_differ() -> None:
+    from router.domain.criteria import assess
     from router.domain.events import Touchpoint
-    from router.domain.qualification import LeadState, assess
+    from router.domain.lead_state import LeadState
 
     state = LeadState("L1")
     state.profile = fx.profile("L1", "director", "decision_maker")
-    from router.domain.qualification import record_touchpoint
+    from router.domain.lead_state import record_touchpoint
 
     record_touchpoint(state, Touchpoint.model_validate(fx.touch("L1", 1, "demo_request", 0)),
                       DEFAULT)
@@ -146,7 +147,7 @@ def test_the_prune_shortcut_leaves_every_decision_as_the_full_filter_gives_it(
     final lead state is what the unconditional filter gives."""
     from datetime import UTC, datetime
 
-    from router.domain import qualification
+    from router.domain import lead_state
     from router.tools.synth import write_history
 
     path = tmp_path / "h.ndjson"
@@ -154,7 +155,7 @@ def test_the_prune_shortcut_leaves_every_decision_as_the_full_filter_gives_it(
         write_history(f, 20_000, 1_500, 90, 3, datetime(2026, 6, 1, tzinfo=UTC))
     records = inputs(read_ndjson(path))
 
-    def full_filter(state: qualification.LeadState, rules: Rules) -> None:
+    def full_filter(state: lead_state.LeadState, rules: Rules) -> None:
         if state.newest_ts is None:
             return
         cut = state.newest_ts - rules.window_seconds
@@ -173,7 +174,7 @@ def test_the_prune_shortcut_leaves_every_decision_as_the_full_filter_gives_it(
         return summary(result), states
 
     shortcut = run()
-    monkeypatch.setattr(qualification, "_prune", full_filter)
+    monkeypatch.setattr(lead_state, "_prune", full_filter)
     reference = run()
     assert len(shortcut[0]) > 500  # enough decisions to mean something
     assert shortcut == reference

@@ -21,7 +21,7 @@ from router.adapters.wire import (
     encode,
 )
 from router.domain.events import DeadLetter, LeadProfile, Touchpoint, Transition
-from router.domain.qualification import LeadState
+from router.domain.lead_state import LeadState
 from router.domain.rules import load_rules
 from router.records import Output, Record
 from router.service.qualifier import Qualifier
