@@ -1,11 +1,12 @@
 """Speed-to-lead SLA (SPEC §5) as pure functions over the routing state: no Kafka, no clock.
 
-The clocks live in the routing state (router.domain.routing: each Holding and Queued entry has
-its start, warning and deadline), which is changelog-backed and owned by one routing partition.
-`check_clocks` is called by the owner of that partition for every clock tick, so a deadline is
-never scanned by two workers, survives a crash with the state, and fires once: the flags it sets
-(`warned`, `breached`) are stored in the same changelog write as the outputs' effects, and the
-outputs carry deterministic ids (`L-1:c1:sla:1:breached`) should a replay emit them again.
+The clocks live in the routing state (router.domain.routing_state: each Holding and Queued entry
+has its start, warning and deadline), which is changelog-backed and owned by one routing
+partition. `check_clocks` is called by the owner of that partition for every clock tick, so a
+deadline is never scanned by two workers, survives a crash with the state, and fires once: the
+flags it sets (`warned`, `breached`) are stored in the same changelog write as the outputs'
+effects, and the outputs carry deterministic ids (`L-1:c1:sla:1:breached`) should a replay emit
+them again.
 """
 
 from __future__ import annotations
@@ -15,14 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from router.domain.events import NamedAccount, Rep, SlaClass
-from router.domain.routing import (
-    Decision,
-    Holding,
-    RoutingState,
-    assign_lead,
-    decide_route,
-    record_first_touch,
-)
+from router.domain.routing import assign_lead, decide_route, record_first_touch
+from router.domain.routing_state import Decision, Holding, RoutingState
 from router.domain.rules import Rules
 
 

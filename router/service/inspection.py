@@ -20,7 +20,8 @@ from router.domain.decay import DECAYED, decay_deadline
 from router.domain.events import Rep, Stage, format_rfc3339
 from router.domain.handover import score, sla_class
 from router.domain.lead_state import LeadState
-from router.domain.routing import Holding, Queued, RoutingState, current_out_of_office
+from router.domain.routing import current_out_of_office
+from router.domain.routing_state import Holding, Queued, RoutingState
 from router.domain.rules import Rules
 
 LAST_EVENTS = 10

@@ -39,7 +39,7 @@ from router.domain.qualification import (
     apply_touchpoint,
     transition_id,
 )
-from router.domain.routing import RouteRequest
+from router.domain.routing_state import RouteRequest
 from router.domain.rules import Rules
 from router.metrics import DEAD_LETTERS, PROFILES, RECYCLED, TOUCHPOINTS, TRANSITIONS
 from router.records import Output, Record, StageResult

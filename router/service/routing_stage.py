@@ -41,15 +41,8 @@ from router.domain.events import (
     SlaEvent,
     TraceEntry,
 )
-from router.domain.routing import (
-    Decision,
-    RouteRequest,
-    RoutingState,
-    apply_activity,
-    drain_queues,
-    holder_problem,
-    route,
-)
+from router.domain.routing import apply_activity, drain_queues, holder_problem, route
+from router.domain.routing_state import Decision, RouteRequest, RoutingState
 from router.domain.rules import Rules
 from router.domain.sla import SlaOutcome, check_clocks, first_touch
 from router.metrics import (

@@ -42,7 +42,7 @@ from router.domain.events import (
 )
 from router.domain.lead_state import LeadState
 from router.domain.qualification import Context, apply_profile, apply_recycle, apply_touchpoint
-from router.domain.routing import RouteRequest
+from router.domain.routing_state import RouteRequest
 from router.domain.rules import SENIORITY_RANK, Rules
 from router.gc_tuning import bulk_work
 from router.service.qualifier import route_request

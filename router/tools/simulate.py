@@ -25,13 +25,8 @@ import orjson
 
 from router.adapters.wire import Refused, decode
 from router.domain.events import NamedAccount, Rep, SalesActivity, format_rfc3339
-from router.domain.routing import (
-    CLOSING_ACTIVITY,
-    Decision,
-    RoutingState,
-    drain_queues,
-    route,
-)
+from router.domain.routing import CLOSING_ACTIVITY, drain_queues, route
+from router.domain.routing_state import Decision, RoutingState
 from router.domain.rules import Rules, RulesError, load_rules
 from router.tools.history import (
     ACCOUNTS,

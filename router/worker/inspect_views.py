@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 from router.domain.lead_state import LeadState
-from router.domain.routing import RoutingState
+from router.domain.routing_state import RoutingState
 from router.service.inspection import lead_view, qualification_part, rep_view, routing_part
 from router.service.partitioning import candidate_partitions, murmur2_partition
 from router.service.routing_stage import OFFSET_KEY

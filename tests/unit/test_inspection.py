@@ -11,7 +11,7 @@ import orjson
 
 from router.domain.events import Rep, SlaClass
 from router.domain.lead_state import LeadState
-from router.domain.routing import Holding, Queued, RouteRequest, RoutingState
+from router.domain.routing_state import Holding, Queued, RouteRequest, RoutingState
 from router.domain.rules import load_rules
 from router.service.inspection import (
     lead_view,

@@ -24,7 +24,7 @@ from router.domain.events import (
 )
 from router.domain.lead_state import LeadState, record_touchpoint
 from router.domain.qualification import Context, apply_profile, apply_recycle, apply_touchpoint
-from router.domain.routing import RouteRequest
+from router.domain.routing_state import RouteRequest
 from router.domain.rules import load_rules
 from router.records import Output, Record
 from router.service.qualifier import Qualifier

@@ -13,10 +13,6 @@ from pydantic import ValidationError
 
 from router.domain.events import NamedAccount, Rep, SalesActivityType, SlaClass
 from router.domain.routing import (
-    Decision,
-    Holding,
-    RouteRequest,
-    RoutingState,
     apply_activity,
     current_out_of_office,
     decide_route,
@@ -28,6 +24,7 @@ from router.domain.routing import (
     sla_deadline,
     territory_pool,
 )
+from router.domain.routing_state import Decision, Holding, RouteRequest, RoutingState
 from router.domain.rules import Rules, load_rules, parse_rules
 
 RULES = load_rules()

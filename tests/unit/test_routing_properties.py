@@ -18,9 +18,6 @@ from hypothesis import strategies as st
 
 from router.domain.events import NamedAccount, Rep, SalesActivityType, SlaClass
 from router.domain.routing import (
-    Decision,
-    RouteRequest,
-    RoutingState,
     apply_activity,
     decide_route,
     drain_queues,
@@ -30,6 +27,7 @@ from router.domain.routing import (
     skip_reason,
     territory_pool,
 )
+from router.domain.routing_state import Decision, RouteRequest, RoutingState
 from router.domain.rules import load_rules
 
 RULES = load_rules()

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from router.domain.events import Assignment, DeadLetter, NamedAccount, Rep, SlaClass, SlaEvent
-from router.domain.routing import RouteRequest
+from router.domain.routing_state import RouteRequest
 from router.domain.rules import load_rules
 from router.records import Record
 from router.service.leads_stage import forward_activity

@@ -28,16 +28,8 @@ from router.domain.events import (
     SlaClass,
     SlaEvent,
 )
-from router.domain.routing import (
-    Decision,
-    RouteRequest,
-    RoutingState,
-    apply_activity,
-    drain_queues,
-    holder_problem,
-    route,
-    sla_deadline,
-)
+from router.domain.routing import apply_activity, drain_queues, holder_problem, route, sla_deadline
+from router.domain.routing_state import Decision, RouteRequest, RoutingState
 from router.domain.rules import Rules, load_rules, parse_rules
 from router.domain.sla import SlaOutcome, check_clocks, first_touch
 from router.records import Record
