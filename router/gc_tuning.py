@@ -25,8 +25,9 @@ _OLDER = (50, 100)  # middle collections per 50 young ones; oldest per 100 middl
 
 
 def tune_for_throughput() -> None:
-    """For a long-running process after its start-up: freeze what start-up loaded (modules,
-    rules, restored state) and collect young objects less often."""
+    """For a long-running process once it has loaded its code and settings: freeze what is
+    loaded (modules, rules) and collect young objects less often. Restored state comes later
+    and needs no freezing: the stores keep it as bytes, which the collector never walks."""
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_EVERY, *_OLDER)
 
