@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from router.adapters.topics import Topics
@@ -111,13 +113,19 @@ async def wait_routed(broker: LocalBroker, topics: Topics, timeout: float) -> No
     raise AssertionError(f"{len(missing)} SQLs never routed, e.g. {sorted(missing)[:5]}")
 
 
+# a transactional producer per task (the default), or one per worker fenced by KIP-447
+SCOPE_ENV = {"per_task": {}, "per_worker": {"LEADROUTER_TXN_TUNING": "worker_transactions=1"}}
+
+
+@pytest.mark.parametrize("scope", sorted(SCOPE_ENV))
 async def test_exactly_once_through_sigkills_of_both_workers(
-    broker: LocalBroker, producer: AIOKafkaProducer, tmp_path: Path
+    broker: LocalBroker, producer: AIOKafkaProducer, tmp_path: Path, scope: str
 ) -> None:
     prefix = new_prefix()
     topics = Topics.with_prefix(prefix)
-    workers = [start_worker(broker, prefix, tmp_path / "a", **ENV),
-               start_worker(broker, prefix, tmp_path / "b", **ENV)]
+    env = {**ENV, **SCOPE_ENV[scope]}
+    workers = [start_worker(broker, prefix, tmp_path / "a", **env),
+               start_worker(broker, prefix, tmp_path / "b", **env)]
     kills = 0
     try:
         for r in REPS:
@@ -125,6 +133,8 @@ async def test_exactly_once_through_sigkills_of_both_workers(
         await wait_ready_with_roster(workers, len(REPS))
         bodies = [w.get("/ready")[1] for w in workers]
         assert {b["processing_guarantee"] for b in bodies} == {"exactly_once"}
+        for w in workers:  # the scope under test is the one running
+            assert re.search(rf'transactions["=: ]+{scope}\b', w.log_path.read_text())
 
         records = traffic(seed=14)
         pace = TRAFFIC_SECONDS * CHUNK / len(records)

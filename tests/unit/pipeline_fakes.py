@@ -45,6 +45,8 @@ class FakeProducer:
         self.fail_commit = fail_commit
         self.fail_abort = fail_abort
         self.fail_send: BaseException | None = None  # set: send raises it
+        self.fail_offsets: BaseException | None = None  # set: send_offsets raises it
+        self.started = False
         self.calls: list[str] = [] if calls is None else calls
         self.stopped = False
         self.ack: asyncio.Future[Meta] | None = None  # set: the outputs' ack waits for it
@@ -76,7 +78,12 @@ class FakeProducer:
 
     async def send_offsets_to_transaction(self, offsets: dict[TopicPartition, int],
                                           group_id: str) -> None:
-        self.calls.append(f"offsets {offsets[TP]} {group_id}")
+        if set(offsets) == {TP}:
+            self.calls.append(f"offsets {offsets[TP]} {group_id}")
+        else:
+            self.calls.append(f"offsets {sorted((tp.topic, o) for tp, o in offsets.items())}")
+        if self.fail_offsets is not None:
+            raise self.fail_offsets
 
     async def commit_transaction(self) -> None:
         if self.commit_gate is not None:
@@ -89,6 +96,9 @@ class FakeProducer:
         self.calls.append("abort")
         if self.fail_abort:
             raise KafkaTimeoutError()
+
+    async def start(self) -> None:
+        self.started = True
 
     async def stop(self) -> None:
         self.stopped = True

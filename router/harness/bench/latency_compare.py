@@ -34,6 +34,7 @@ COLUMNS = (
     Column("default + retry_backoff_ms 10", {ENV: "retry_backoff_ms=10"}),
     Column("default + at most 3 transactions at once", {ENV: "max_concurrent_commits=3"}),
     Column("default + one transaction at a time", {ENV: "max_concurrent_commits=1"}),
+    Column("one transaction per worker (KIP-447)", {ENV: "worker_transactions=1"}),
     Column("at-least-once (for reference)", {"LEADROUTER_PROCESSING_GUARANTEE": "at_least_once"}),
 )
 

@@ -48,6 +48,7 @@ from router.adapters.topics import compacted_topic_configs
 from router.metrics import BATCH_EVENTS, BATCH_SECONDS, BATCHES_ABANDONED
 from router.records import Record
 from router.settings import Settings, bootstrap_servers
+from router.worker.pipeline import kip447
 from router.worker.pipeline.alo_commit import AtLeastOnceCommits
 from router.worker.pipeline.assignor import CoPartitionedAssignor
 from router.worker.pipeline.commit import stop_producer
@@ -61,10 +62,11 @@ from router.worker.pipeline.core import (
 )
 from router.worker.pipeline.eos_commit import ExactlyOnceCommits
 from router.worker.pipeline.loggers import log, tp_name, trace
-from router.worker.pipeline.restore import Pending, Restorer, discard
+from router.worker.pipeline.restore import TRANSACTION_TIMEOUT_MS, Pending, Restorer, discard
 from router.worker.pipeline.stage import Decision, StageSpec
 from router.worker.pipeline.store import INPUT_OFFSETS, PartitionStore, encode_offsets
 from router.worker.pipeline.txn_tuning import TxnTuning
+from router.worker.pipeline.worker_txn import WorkerTransactions, worker_transactional_id
 
 RETRY_SECONDS = 1.0
 IDLE_FETCH_MS = 100
@@ -98,8 +100,14 @@ class PartitionProcessor:
         self._lock = asyncio.Lock()
         # exactly-once: each task's commit in flight, and the records fetched meanwhile for
         # those tasks (empty at-least-once)
-        self.eos = ExactlyOnceCommits(self.core, self.stages, self.stores, self.producers,
-                                      group_id=self.group_id, tuning=self.tuning, control=self)
+        self.eos = (WorkerTransactions(
+            self.core, self.stages, self.stores, group_id=self.group_id, tuning=self.tuning,
+            control=self, make_producer=self._transactional_producer,
+            transactional_id=worker_transactional_id(settings.app_id),
+            group=lambda: kip447.group_metadata(self.consumer, self.group_id))
+            if self.tuning.worker_transactions
+            else ExactlyOnceCommits(self.core, self.stages, self.stores, self.producers,
+                                    group_id=self.group_id, tuning=self.tuning, control=self))
         self.alo = AtLeastOnceCommits(self.core, self.stages, self.stores, control=self)
         self._batch_timers: set[asyncio.Task[None]] = set()
         self._retry_at: dict[TaskId, float] = {}
@@ -119,7 +127,15 @@ class PartitionProcessor:
         assert self._producer is not None, "processor not started"
         return self._producer
 
+    def _transactional_producer(self, transactional_id: str) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", linger_ms=1,
+            transactional_id=transactional_id, transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+            retry_backoff_ms=self.tuning.retry_backoff_ms, **self.client)
+
     async def start(self) -> None:
+        if self.exactly_once and self.tuning.worker_transactions:
+            kip447.install()
         await self._ensure_changelogs()
         s = self.settings
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
@@ -137,6 +153,10 @@ class PartitionProcessor:
         topics = sorted({t for stage in self.stages.values() for t in stage.topics})
         self._consumer.subscribe(topics, listener=_Listener(self))
         self.started = True
+        log.info("partition processor started", extra={
+            "guarantee": "exactly_once" if self.exactly_once else "at_least_once",
+            "transactions": ("per_worker" if isinstance(self.eos, WorkerTransactions)
+                             else "per_task") if self.exactly_once else None})
 
     async def stop(self) -> None:
         async with self._lock:  # the batch in flight finishes first
@@ -144,6 +164,8 @@ class PartitionProcessor:
             self.started = False
             for task in self.core.lost():
                 await self._close(task.id)
+        if isinstance(self.eos, WorkerTransactions):
+            await self.eos.stop()
         if self._consumer is not None:
             await self._consumer.stop()  # leaves the group: the others rebalance at once
         if self._producer is not None:

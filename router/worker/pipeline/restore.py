@@ -13,6 +13,14 @@ after a fenced producer): everything a task needs before it may process a record
      which the processor resumes each input at the later of those and the offsets the
      changelog carries (core.resume_positions), and makes the task ready.
 
+With one producer per worker (txn_tuning: worker_transactions, worker_txn.py) there is no
+producer per task to fence with. Instead (c) comes first and asks for stable offsets
+(KIP-447's require_stable: the group coordinator waits for any transaction still holding
+offsets of these partitions, a zombie's or the previous owner's last), and (b) then reads the
+changelog until the input offsets it carries reach those: the commit markers reach the
+offsets partition and the changelog partition at their own pace, and state one transaction
+behind its offsets would process that transaction's records again.
+
 Any failure fails the whole step for these tasks; the processor discards what was started
 and retries. The task's epoch is checked while restoring: a task revoked meanwhile stops
 reading, and core.activate() then refuses it.
@@ -21,6 +29,7 @@ reading, and core.activate() then refuses it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +40,7 @@ from aiokafka.structs import TopicPartition
 
 from router.metrics import CHANGELOG_RESTORED
 from router.settings import Settings
+from router.worker.pipeline import kip447
 from router.worker.pipeline.commit import stop_producer
 from router.worker.pipeline.core import Ownership, Task
 from router.worker.pipeline.loggers import log, tp_name
@@ -41,6 +51,10 @@ from router.worker.pipeline.txn_tuning import TxnTuning
 # a transaction left open by a crashed worker holds back every read_committed reader of the
 # partitions it wrote until the new owner fences it or this timeout aborts it
 TRANSACTION_TIMEOUT_MS = 10_000
+# worker transactions: how long a restore waits for its changelog to carry the stable offsets
+# (the markers of a committed transaction take milliseconds; a group whose offsets were moved
+# by hand never catches up, and then the task resumes at the later of the two, as before)
+CATCH_UP_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -68,12 +82,18 @@ class Restorer:
     async def prepare(self, pending: list[Pending], group: AIOKafkaConsumer
                       ) -> dict[TopicPartition, int | None]:
         """(a), (b) and (c) for these tasks; returns the group's committed offsets (c)."""
-        if self.exactly_once:  # (a) fence the previous owners first
+        per_task = self.exactly_once and not self.tuning.worker_transactions
+        if per_task:  # (a) fence the previous owners first
             await asyncio.gather(*(self._fence(p) for p in pending))
         for p in pending:
             p.store = open_store(self.settings.store, self.settings.data_dir,
                                  self.settings.app_id, str(p.task.id),
                                  self.settings.rocksdb_memory_mb)
+        if self.exactly_once and not per_task:  # (c) stable, then (b) up to it
+            tps = [tp for p in pending for tp in p.task.inputs]
+            committed = await kip447.committed_stable(group, tps)
+            await self._restore(pending, reach=committed)
+            return committed
         await self._restore(pending)  # (b)
         return await _committed(group, pending)  # (c), after the fence
 
@@ -89,7 +109,10 @@ class Restorer:
         await producer.begin_transaction()
         await producer.abort_transaction()
 
-    async def _restore(self, pending: list[Pending]) -> None:
+    async def _restore(self, pending: list[Pending],
+                       reach: dict[TopicPartition, int | None] | None = None) -> None:
+        """Each changelog to its end; with `reach`, also until its input offsets reach these
+        (for at most CATCH_UP_SECONDS, then with a warning)."""
         by_tp = {TopicPartition(p.stage.changelog, p.task.id.partition): p for p in pending}
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
@@ -109,6 +132,7 @@ class Restorer:
                     start[tp] = at + 1
                     consumer.seek(tp, at + 1)
             left = set(by_tp)
+            deadline = time.monotonic() + CATCH_UP_SECONDS
             while left:
                 fetched = await consumer.getmany(*left, timeout_ms=500, max_records=20_000)
                 for tp, records in fetched.items():
@@ -128,7 +152,7 @@ class Restorer:
                     p = by_tp[tp]
                     if not self.core.is_current(p.task.id, p.epoch):
                         left.discard(tp)  # revoked meanwhile: activate() will refuse it
-                    elif await self._at_end(consumer, tp):
+                    elif await self._at_end(consumer, tp) and _carries(p, reach, deadline):
                         left.discard(tp)
         finally:
             await consumer.stop()
@@ -141,6 +165,25 @@ class Restorer:
         if end is None or end < 0:
             end = consumer.highwater(tp)
         return end is not None and await consumer.position(tp) >= end
+
+
+def _carries(p: Pending, reach: dict[TopicPartition, int | None] | None,
+             deadline: float) -> bool:
+    """The restored state carries input offsets at least `reach` (or there is none to reach,
+    or the wait is over)."""
+    if reach is None:
+        return True
+    assert p.store is not None
+    stored = p.store.input_offsets
+    behind = {tp_name(tp): (stored.get(tp.topic), want) for tp in p.task.inputs
+              if (want := reach.get(tp)) is not None and stored.get(tp.topic, -1) < want}
+    if not behind:
+        return True
+    if time.monotonic() < deadline:
+        return False
+    log.warning("changelog never reached the group's committed offsets; resuming at the later",
+                extra={"task": str(p.task.id), "stored_vs_committed": behind})
+    return True
 
 
 async def _committed(group: AIOKafkaConsumer, pending: list[Pending]
