@@ -13,6 +13,9 @@ processed or fetched again from the committed position.
   processor.py  the runtime: consumer loop, rebalance listener, wiring the pieces below
   restore.py    a task to ready: fence the previous owner, restore the changelog, resume
   eos_commit.py exactly-once commits: one transaction per task and batch, overlapped
+  worker_txn.py exactly-once, one transaction per worker for all its tasks (txn_tuning:
+                worker_transactions), fenced by kip447.py's generation-checked offsets
+  kip447.py     TxnOffsetCommit v3 and OffsetFetch v7 require_stable, patched into aiokafka
   alo_commit.py at-least-once commits: outputs acked, state written, offsets committed
   commit.py     what both commit protocols share (changelog sends, TaskControl)
   stage.py      StageSpec (a stage's declaration), its Handler and StageResult
