@@ -106,6 +106,9 @@ class WorkerTransactions(ExactlyOnceCommits):
                 self._next = None  # from here on, decisions join the next transaction
             try:
                 outcome = await self._transact_all(txn.decisions)
+            except asyncio.CancelledError:  # the worker is stopping
+                txn.outcome.cancel()
+                raise
             except BaseException as exc:  # a bug: every task of it must still learn its fate
                 txn.outcome.set_exception(exc)
                 raise
