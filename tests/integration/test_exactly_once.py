@@ -113,8 +113,8 @@ async def wait_routed(broker: LocalBroker, topics: Topics, timeout: float) -> No
     raise AssertionError(f"{len(missing)} SQLs never routed, e.g. {sorted(missing)[:5]}")
 
 
-# a transactional producer per task (the default), or one per worker fenced by KIP-447
-SCOPE_ENV = {"per_task": {}, "per_worker": {"LEADROUTER_TXN_TUNING": "worker_transactions=1"}}
+# one transactional producer per worker fenced by KIP-447 (the default), or one per task
+SCOPE_ENV = {"per_task": {"LEADROUTER_TXN_TUNING": "worker_transactions=0"}, "per_worker": {}}
 
 
 @pytest.mark.parametrize("scope", sorted(SCOPE_ENV))

@@ -19,6 +19,7 @@ from router.worker.pipeline.core import LEADS, Ownership, Task, TaskId
 from router.worker.pipeline.processor import PartitionProcessor
 from router.worker.pipeline.stage import StageSpec
 from router.worker.pipeline.store import MemoryStore, PartitionStore
+from router.worker.pipeline.txn_tuning import TxnTuning
 
 TOPIC = "t.touchpoints"
 TP = TopicPartition(TOPIC, 0)
@@ -204,7 +205,8 @@ def processor(producer: FakeProducer, *, exactly_once: bool = True
     forgotten: list[int] = []
     p = PartitionProcessor(Settings(), [stage(forgotten)], exactly_once=exactly_once,
                            read_committed=exactly_once,
-                           assignor=CoPartitionedAssignor("http://x", [TOPIC], "t.routing"))
+                           assignor=CoPartitionedAssignor("http://x", [TOPIC], "t.routing"),
+                           tuning=TxnTuning(worker_transactions=False))
     p._consumer = FakeConsumer()  # type: ignore[assignment]
     p.core.assign([TP], generation=1)
     task = p.core.tasks[TASK]

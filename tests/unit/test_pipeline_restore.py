@@ -34,8 +34,8 @@ class EndsConsumer:
 
 def restorer(read_committed: bool) -> Restorer:
     return Restorer(Settings(), Ownership({}), ["lead-state"], exactly_once=read_committed,
-                    read_committed=read_committed, tuning=TxnTuning(), bootstrap=["x:9092"],
-                    client={})
+                    read_committed=read_committed, tuning=TxnTuning(worker_transactions=False),
+                    bootstrap=["x:9092"], client={})
 
 
 async def at_end(r: Restorer, position: int, lso: int | None, highwater: int | None) -> bool:

@@ -22,19 +22,21 @@ class Column:
     broker_config: dict[str, str] = field(default_factory=dict)
 
 
-STOCK = "concurrent_txn_backoff_ms=20,acks_before_offsets=0,overlap_commits=0"
+PER_TASK = "worker_transactions=0"
+STOCK = f"concurrent_txn_backoff_ms=20,acks_before_offsets=0,overlap_commits=0,{PER_TASK}"
 COLUMNS = (
     Column("before (aiokafka as shipped)", {ENV: STOCK}),
     Column("before, broker verification off", {ENV: STOCK},
            {"transaction.partition.verification.enable": "false"}),
     Column("+ 2 ms concurrent-txn backoff",
-           {ENV: "concurrent_txn_backoff_ms=2,acks_before_offsets=0,overlap_commits=0"}),
-    Column("+ acks before offsets", {ENV: "overlap_commits=0"}),
-    Column("+ overlapped commits (default)", {}),
-    Column("default + retry_backoff_ms 10", {ENV: "retry_backoff_ms=10"}),
-    Column("default + at most 3 transactions at once", {ENV: "max_concurrent_commits=3"}),
-    Column("default + one transaction at a time", {ENV: "max_concurrent_commits=1"}),
-    Column("one transaction per worker (KIP-447)", {ENV: "worker_transactions=1"}),
+           {ENV: f"concurrent_txn_backoff_ms=2,acks_before_offsets=0,overlap_commits=0,"
+                 f"{PER_TASK}"}),
+    Column("+ acks before offsets", {ENV: f"overlap_commits=0,{PER_TASK}"}),
+    Column("+ overlapped commits (per task)", {ENV: PER_TASK}),
+    Column("per task + retry_backoff_ms 10", {ENV: f"retry_backoff_ms=10,{PER_TASK}"}),
+    Column("per task + at most 3 txns at once", {ENV: f"max_concurrent_commits=3,{PER_TASK}"}),
+    Column("per task + one txn at a time", {ENV: f"max_concurrent_commits=1,{PER_TASK}"}),
+    Column("one txn per worker (default)", {}),
     Column("at-least-once (for reference)", {"LEADROUTER_PROCESSING_GUARANTEE": "at_least_once"}),
 )
 

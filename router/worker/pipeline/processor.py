@@ -75,7 +75,8 @@ HELD_POLL_MS = 2
 
 class PartitionProcessor:
     def __init__(self, settings: Settings, stages: Sequence[StageSpec], *, exactly_once: bool,
-                 read_committed: bool, assignor: CoPartitionedAssignor) -> None:
+                 read_committed: bool, assignor: CoPartitionedAssignor,
+                 tuning: TxnTuning | None = None) -> None:
         self.settings = settings
         self.stages = {s.name: s for s in stages}
         self.exactly_once = exactly_once
@@ -85,7 +86,7 @@ class PartitionProcessor:
         self.bootstrap = bootstrap_servers(settings.broker)
         self.client = settings.kafka_client_kwargs()
         self.core = Ownership({t: s.name for s in stages for t in s.topics})
-        self.tuning = TxnTuning.from_env()
+        self.tuning = TxnTuning.from_env() if tuning is None else tuning
         self.tuning.apply()
         self.stores: dict[TaskId, PartitionStore] = {}
         self.producers: dict[TaskId, AIOKafkaProducer] = {}  # exactly-once: one per task

@@ -27,7 +27,8 @@ The switches (LEADROUTER_TXN_TUNING="name=value,...", read once per worker proce
   tasks committing side by side on one event loop and one broker make each transaction about
   4 x slower than one alone (`make bench-txn`); a task waiting for a slot keeps collecting
   records, so fewer, larger transactions run.
-- worker_transactions: one transactional producer per worker instead of one per task; every
+- worker_transactions (the default; 0 goes back to a producer per task): one transactional
+  producer per worker instead of one per task; every
   task decided while a transaction commits joins the next one (worker_txn.py), fenced by the
   consumer group's generation (KIP-447, kip447.py) instead of a transactional id per task.
 """
@@ -49,7 +50,7 @@ class TxnTuning:
     retry_backoff_ms: int = 100
     overlap_commits: bool = True
     max_concurrent_commits: int = 0
-    worker_transactions: bool = False
+    worker_transactions: bool = True
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> TxnTuning:
