@@ -9,6 +9,9 @@ Loop (one coroutine decides; with exactly-once a task's commit runs beside the l
         after the fence) and the offsets the changelog carries (restore.py has the details);
   2. getmany, split by task (core.split: only active tasks' records are processed);
   3. per task, the stage's pure handler decides (outputs + state writes);
+  (Steps 1a and 4 as written here are the per-task scope, worker_transactions=0. The default
+  runs one transaction per worker for every task decided meanwhile, fenced by the group
+  generation instead of a producer per task: worker_txn.py, and restore.py for step 1.)
   4. commit, exactly-once, per task, in ONE transaction of the task's producer:
         begin -> outputs -> changelog (state + input offsets) -> produce acks ->
         consumed offsets (send_offsets_to_transaction, the group's commit) -> commit
