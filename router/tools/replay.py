@@ -284,8 +284,12 @@ class Replayer:
 
     def apply(self, event: InputEvent, mask: int = -1) -> None:
         lead = event.lead_id
-        before = [self.result.best[i].get(lead, 0) for i in range(len(self.rule_sets))]
-        moved = False
+        best = self.result.best
+        # each rule set's best stage before this event, taken only when one of them moves
+        # (before its first _record): most events move nothing, and this ran on every one
+        before: list[int] | None = None
+        tp = event if isinstance(event, Touchpoint) else None
+        profile = event if isinstance(event, LeadProfile) else None
         for i, ctx in enumerate(self.contexts):
             if not mask >> i & 1:
                 continue
@@ -293,20 +297,22 @@ class Replayer:
             state = states.get(lead)
             if state is None:
                 state = states[lead] = LeadState(lead)
-            if isinstance(event, Touchpoint):
-                transitions = apply_touchpoint(state, event, ctx)
-            elif isinstance(event, LeadProfile):
-                transitions = apply_profile(state, event, ctx)
-            elif state.stage is Stage.SQL:  # only a lead sales held can be recycled
+            if tp is not None:
+                transitions = apply_touchpoint(state, tp, ctx)
+            elif profile is not None:
+                transitions = apply_profile(state, profile, ctx)
+            elif state.stage is Stage.SQL and isinstance(event, Recycle):
+                # only a lead sales held can be recycled
                 transitions = apply_recycle(state, state.cycle, event.reason, event.trigger,
                                             event.occurred_at, ctx)
             else:
                 transitions = []
             if transitions:
-                moved = True
+                if before is None:
+                    before = [b.get(lead, 0) for b in best]
                 self._record(i, state, transitions)
-        if moved and len(self.rule_sets) == 2:
-            after = [self.result.best[i].get(lead, 0) for i in (0, 1)]
+        if before is not None and len(self.rule_sets) == 2:
+            after = [best[i].get(lead, 0) for i in (0, 1)]
             if after[0] != after[1] and after != before:
                 self.result.why[lead] = self._why(lead)
 
