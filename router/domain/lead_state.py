@@ -115,6 +115,33 @@ def pricing_capacity(rules: Rules) -> int:
     return (rules.intent.sql_min_pricing_views - 1) * buckets + 1
 
 
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    """What record_touchpoint reads from the rules on every touch, worked out once per rule
+    set (the rules are frozen): a few nested pydantic attributes and a property each time
+    were a tenth of a replayed touch's cost."""
+
+    window_seconds: float
+    recent: int
+    pricing: int
+    quiz_score: float
+
+
+_LIMITS: dict[int, tuple[Rules, _Limits]] = {}  # id(rules) -> (the rules, their limits)
+
+
+def _limits(rules: Rules) -> _Limits:
+    held = _LIMITS.get(id(rules))
+    if held is not None and held[0] is rules:  # `is`: an id is reused once its object is gone
+        return held[1]
+    limits = _Limits(rules.window_seconds, recent_capacity(rules), pricing_capacity(rules),
+                     rules.intent.quiz_talk_to_sales_score)
+    if len(_LIMITS) >= 64:  # a long-lived process sees a handful; tests build thousands
+        _LIMITS.clear()
+    _LIMITS[id(rules)] = (rules, limits)
+    return limits
+
+
 def touch_order(t: Touch) -> tuple[float, str]:
     return (-t[0], t[1])  # newest first, ties broken by event_id
 
@@ -125,6 +152,12 @@ def _insert_top(touches: list[Touch], touch: Touch, capacity: int) -> bool:
     for held in touches:
         if held[1] == event_id:
             return False
+    if not touches or touch[0] > touches[0][0]:
+        # newer than every held touch (the common case in time order): insort would put it
+        # first, and it cannot be the one that falls off
+        touches.insert(0, touch)
+        del touches[capacity:]
+        return True
     if len(touches) >= capacity and touch_order(touch) > touch_order(touches[-1]):
         return False
     insort(touches, touch, key=touch_order)
@@ -140,8 +173,10 @@ def _topic_of(tp: Touchpoint) -> str | None:
     props = tp.properties
     for key in ("topic", "title"):
         value = props.get(key)
-        if isinstance(value, str) and value.strip():
-            return value.strip()[:_TOPIC_MAX]
+        if isinstance(value, str):
+            value = value.strip()
+            if value:
+                return value[:_TOPIC_MAX]
     if tp.type == "pricing_page_view":
         return "pricing"
     if tp.type == "competitor_comparison_view":
@@ -150,14 +185,18 @@ def _topic_of(tp: Touchpoint) -> str | None:
 
 
 def is_talk_to_sales(tp: Touchpoint, rules: Rules) -> bool:
-    if tp.type in TALK_TO_SALES_TYPES:
+    return _is_talk_to_sales(tp, str(tp.type), rules.intent.quiz_talk_to_sales_score)
+
+
+def _is_talk_to_sales(tp: Touchpoint, kind: str, quiz_score: float) -> bool:
+    if kind in TALK_TO_SALES_TYPES:
         return True
-    if tp.type == "quiz_completed":
+    if kind == "quiz_completed":
         score = tp.properties.get("score")
         return (
             isinstance(score, int | float)
             and not isinstance(score, bool)
-            and score >= rules.intent.quiz_talk_to_sales_score
+            and score >= quiz_score
         )
     return False
 
@@ -165,7 +204,7 @@ def is_talk_to_sales(tp: Touchpoint, rules: Rules) -> bool:
 def _prune(state: LeadState, rules: Rules) -> None:
     if state.newest_ts is None:
         return
-    cut = state.newest_ts - rules.window_seconds
+    cut = state.newest_ts - _limits(rules).window_seconds
     # both lists are newest first (_insert_top keeps them so): when the oldest is still in
     # the window nothing goes, and most touches leave them as they are (a replay's hot path)
     if state.recent and state.recent[-1][0] < cut:
@@ -196,20 +235,23 @@ def record_touchpoint(
     or the stage reached would depend on the order the touches arrived in.
     """
     ts = tp.occurred_at.timestamp()
-    if state.newest_ts is not None and ts < state.newest_ts - rules.window_seconds:
+    limits = _limits(rules)
+    newest = state.newest_ts
+    if newest is not None and ts < newest - limits.window_seconds:
         return False  # belongs only to windows that have already passed
     if state.cycle_start is not None and ts < state.cycle_start:
         return False  # counted in the cycle that sales has already recycled
-    touch: Touch = (ts, tp.event_id, str(tp.type), _topic_of(tp))  # str(): StrEnum's value
-    changed = _insert_top(state.recent, touch, recent_capacity(rules))
-    if tp.type in INTENT_TYPES and _newer(state.last_intent, touch):
+    kind = str(tp.type)  # str(): StrEnum's value
+    touch: Touch = (ts, tp.event_id, kind, _topic_of(tp))
+    changed = _insert_top(state.recent, touch, limits.recent)
+    if kind in INTENT_TYPES and _newer(state.last_intent, touch):
         state.last_intent = touch
         changed = True
-    if is_talk_to_sales(tp, rules) and _newer(state.last_tts, touch):
+    if _is_talk_to_sales(tp, kind, limits.quiz_score) and _newer(state.last_tts, touch):
         state.last_tts = touch
         changed = True
-    if tp.type == "pricing_page_view":
-        changed = _insert_top(state.pricing, touch, pricing_capacity(rules)) or changed
+    if kind == "pricing_page_view":
+        changed = _insert_top(state.pricing, touch, limits.pricing) or changed
     if tp.account_domain:
         candidate = (ts, tp.account_domain.lower())
         if state.account is None or _account_rank(candidate, is_named_account) > _account_rank(
@@ -217,7 +259,7 @@ def record_touchpoint(
         ):
             state.account = candidate
             changed = True
-    if state.newest_ts is None or ts > state.newest_ts:
+    if newest is None or ts > newest:
         state.newest_ts = ts
         _prune(state, rules)
     return changed
