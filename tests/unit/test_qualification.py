@@ -474,6 +474,20 @@ def test_pricing_pair_leaves_the_window_when_newer_touches_arrive() -> None:
     assert after.detail["engagement"]["touchpoints_in_window"] == 2
 
 
+def test_the_detail_shows_the_lead_as_it_was_when_assessed() -> None:
+    """The detail's dicts are built on first read; what they show is taken when assessed, so
+    a lead that changes in between does not change an assessment already made."""
+    state, _ = run([profile(domain="bigco.com"), tp("pricing_page_view", 0), tp("page_view", 1),
+                    tp("demo_request", 2)])
+    early = assess(state, RULES, NAMED_ACCOUNTS.__contains__)
+    read_at_once = assess(state, RULES, NAMED_ACCOUNTS.__contains__).detail
+    apply(state, tp("pricing_page_view", 40), ctx())  # the window moves: most of it leaves
+    apply(state, profile(seniority="ic", domain="small.io", day=41), ctx())
+    assert assess(state, RULES, NAMED_ACCOUNTS.__contains__).detail != read_at_once
+    assert early.detail == read_at_once
+    assert early.detail is early.detail  # built once
+
+
 def test_engagement_count_slides_with_the_newest_touch() -> None:
     events: list[Event] = [profile(), *(tp("page_view", d) for d in range(5))]
     _, a = assessed(events)
