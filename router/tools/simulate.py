@@ -25,7 +25,7 @@ import orjson
 
 from router.adapters.wire import Refused, decode
 from router.domain.events import NamedAccount, Rep, SalesActivity, format_rfc3339
-from router.domain.routing import CLOSING_ACTIVITY, drain_queues, route
+from router.domain.routing import CLOSING_ACTIVITY, NeedsCache, drain_queues, route
 from router.domain.routing_state import Decision, RoutingState
 from router.domain.rules import Rules, RulesError, load_rules
 from router.tools.history import (
@@ -179,6 +179,7 @@ def simulate_routing(sqls: Sequence[tuple[float, Decided]],
     u = 0
     frees: list[tuple[float, str, int]] = []  # (when, lead, cycle)
     queued_at: dict[str, float] = {}
+    needs = NeedsCache(accounts, rules)  # both stay the same for the whole simulation
 
     def advance_roster(ts: float) -> None:
         nonlocal u
@@ -224,7 +225,7 @@ def simulate_routing(sqls: Sequence[tuple[float, Decided]],
             advance_roster(when)
             state.close(lead, "released in history")
             now = datetime.fromtimestamp(when, UTC)
-            taken(drain_queues(roster, accounts, state, rules, now), when)
+            taken(drain_queues(roster, accounts, state, rules, now, needs), when)
 
     for ts, d in sqls:
         assert d.request is not None
