@@ -879,6 +879,21 @@ def test_unknown_state_format_is_refused() -> None:
         LeadState.from_bytes(data)
 
 
+def test_two_states_fed_one_touchpoint_share_its_touch() -> None:
+    """As a replay feeds each touchpoint to one state per rule set: the second state holds the
+    same tuple the first made; another touchpoint (even an equal one) gets its own."""
+    strict = rules_with("engagement: {sql_min_touchpoints: 5}\n")
+    first, second, third = LeadState(LEAD), LeadState(LEAD), LeadState(LEAD)
+    touch = tp("pricing_page_view", 1, topic="q4")
+    assert record_touchpoint(first, touch, RULES) and record_touchpoint(second, touch, strict)
+    assert second.recent[0] is first.recent[0]
+    assert second.recent == first.recent == [(at(1).timestamp(), "pricing_page_view-d1",
+                                              "pricing_page_view", "q4")]
+    again = tp("pricing_page_view", 1, topic="q4")
+    record_touchpoint(third, again, RULES)
+    assert third.recent == first.recent and third.recent[0] is not first.recent[0]
+
+
 def test_record_touchpoint_reports_whether_anything_changed() -> None:
     state = LeadState(LEAD)
     assert record_touchpoint(state, tp("page_view", 40), RULES) is True
