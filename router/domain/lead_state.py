@@ -220,12 +220,13 @@ def _account_rank(account: tuple[float, str], is_named_account: Callable[[str], 
     return (is_named_account(account[1]), account[0], account[1])
 
 
-# The touch made from the last touchpoint recorded. A replay records each touchpoint into one
-# state per rule set in turn: they then hold one tuple instead of equal copies, so the second
-# state's scans find its touches already in the CPU cache (with 100k states in memory, those
-# scans waited on memory more than they computed). A touch depends on the touchpoint only,
-# and a touchpoint is immutable; `is` on the held reference cannot match another one.
-_LAST_TOUCH: tuple[Touchpoint | None, Touch] = (None, (0.0, "", "", None))
+# The touch made from the last touchpoint recorded, and its account domain lowercased. A replay
+# records each touchpoint into one state per rule set in turn: they then hold one tuple instead
+# of equal copies, so the second state's scans find its touches already in the CPU cache (with
+# 100k states in memory, those scans waited on memory more than they computed). Both depend on
+# the touchpoint only, and a touchpoint is immutable; `is` on the held reference cannot match
+# another one.
+_LAST_TOUCH: tuple[Touchpoint | None, Touch, str | None] = (None, (0.0, "", "", None), None)
 
 
 def record_touchpoint(
@@ -240,21 +241,25 @@ def record_touchpoint(
     newest domain: a later touch from another domain must not take the ABM path away again,
     or the stage reached would depend on the order the touches arrived in.
     """
-    ts = tp.occurred_at.timestamp()
+    global _LAST_TOUCH
+    last = _LAST_TOUCH  # read once: (touchpoint, its touch, its domain), replaced whole below
+    if last[0] is tp:  # the same touchpoint for another rule set (a replay's lock-step)
+        touch, domain = last[1], last[2]
+        ts, kind = touch[0], touch[2]
+    else:
+        touch, domain = None, None
+        ts = tp.occurred_at.timestamp()
+        kind = str(tp.type)  # str(): StrEnum's value
     limits = _limits(rules)
     newest = state.newest_ts
     if newest is not None and ts < newest - limits.window_seconds:
         return False  # belongs only to windows that have already passed
     if state.cycle_start is not None and ts < state.cycle_start:
         return False  # counted in the cycle that sales has already recycled
-    global _LAST_TOUCH
-    kind = str(tp.type)  # str(): StrEnum's value
-    last = _LAST_TOUCH  # read once: (touchpoint, its touch), replaced whole below
-    if last[0] is tp:
-        touch = last[1]  # the same touchpoint for another rule set (a replay's lock-step)
-    else:
+    if touch is None:
         touch = (ts, tp.event_id, kind, _topic_of(tp))
-        _LAST_TOUCH = (tp, touch)
+        domain = tp.account_domain.lower() if tp.account_domain else None
+        _LAST_TOUCH = (tp, touch, domain)
     changed = _insert_top(state.recent, touch, limits.recent)
     if kind in INTENT_TYPES and _newer(state.last_intent, touch):
         state.last_intent = touch
@@ -264,12 +269,18 @@ def record_touchpoint(
         changed = True
     if kind == "pricing_page_view":
         changed = _insert_top(state.pricing, touch, limits.pricing) or changed
-    if tp.account_domain:
-        candidate = (ts, tp.account_domain.lower())
-        if state.account is None or _account_rank(candidate, is_named_account) > _account_rank(
-            state.account, is_named_account
-        ):
-            state.account = candidate
+    if domain:
+        held = state.account
+        if held is None:
+            state.account = (ts, domain)
+            changed = True
+        elif held[1] == domain:  # the same domain: named or not alike, so the newer time wins
+            if ts > held[0]:
+                state.account = (ts, domain)
+                changed = True
+        elif _account_rank((ts, domain), is_named_account) > _account_rank(held,
+                                                                           is_named_account):
+            state.account = (ts, domain)
             changed = True
     if newest is None or ts > newest:
         state.newest_ts = ts

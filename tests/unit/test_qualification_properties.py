@@ -325,3 +325,22 @@ def test_the_limits_are_the_rules_own() -> None:
             rules.window_seconds, recent_capacity(rules), pricing_capacity(rules),
             rules.intent.quiz_talk_to_sales_score)
         assert _limits(rules) is limits
+
+
+@SETTINGS
+@given(touches=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(
+    [None, "acme.io", "ACME.io", "bigco.com", "BigCo.com", "other.org"])), max_size=12))
+def test_the_account_is_the_best_ranked_domain(touches: list[tuple[int, str | None]]) -> None:
+    """Named accounts first, then the newest, then the domain: what comparing the full ranks
+    gives (record_touchpoint skips the comparison for a repeat of the held domain)."""
+    state = LeadState(LEAD)
+    named = CONTEXT.is_named_account
+    best: tuple[bool, float, str] | None = None
+    for n, (day, domain) in enumerate(touches):
+        touch = Touchpoint(event_id=f"a-{n}", lead_id=LEAD, type=TouchpointType.PAGE_VIEW,
+                           occurred_at=T0 + timedelta(days=day), account_domain=domain)
+        record_touchpoint(state, touch, RULES, named)
+        if domain:
+            rank = (named(domain.lower()), touch.occurred_at.timestamp(), domain.lower())
+            best = rank if best is None or rank > best else best
+        assert state.account == (None if best is None else (best[1], best[2]))
