@@ -35,7 +35,10 @@ def tune_for_throughput() -> None:
 @contextmanager
 def bulk_work() -> Iterator[None]:
     """Around a replay: the loaded history is frozen (it lives as long as the replay, and
-    forked workers then share its pages instead of touching them), settings restored after."""
+    forked workers then share its pages instead of touching them), settings restored after.
+    `leadrouter simulate` runs its whole command inside one (reading the history and the
+    routing simulation allocate as much): the replay's own, nested, restores the outer one's
+    threshold on leaving, and unfreezing early only lets full collections walk more."""
     before = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_EVERY, *_OLDER)

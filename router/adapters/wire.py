@@ -105,7 +105,9 @@ def decode(model: type[M], key: bytes | None, value: bytes | None, rules: Rules)
     if not isinstance(raw, dict):
         raise Refused("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
     try:
-        event = model.model_validate(raw)
+        # what model_validate(raw) calls, without its wrapper (a third of a microsecond on
+        # every input): every option left at its default, as model_validate leaves them
+        event: M = model.__pydantic_validator__.validate_python(raw)
     except ValidationError as exc:
         raise describe(exc) from None
     except RecursionError:

@@ -8,7 +8,7 @@ question. Pure: no Kafka, no clock.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from router.domain.events import BuyingRole, Seniority, Stage
@@ -16,9 +16,12 @@ from router.domain.lead_state import LeadState, Touch
 from router.domain.rules import SENIORITY_RANK, Rules
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Assessment:
-    """The four criteria for one lead at one moment, with the numbers behind them."""
+    """The four criteria for one lead at one moment, with the numbers behind them.
+
+    Not frozen, though nothing changes it: a frozen dataclass's __init__ sets each field
+    through object.__setattr__, a microsecond per assessment, and a touch is assessed often."""
 
     fit: bool
     abm: bool
@@ -29,7 +32,16 @@ class Assessment:
     mql_intent: bool
     sql_intent: bool
     talk_to_sales: bool
-    detail: dict[str, Any]
+    # the numbers `detail` shows, taken when assessed: most assessments decide
+    # that nothing moves and nobody reads their detail, so its dicts are built on first read
+    numbers: tuple[Any, ...] = field(repr=False)
+    _detail: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def detail(self) -> dict[str, Any]:
+        if self._detail is None:
+            self._detail = _detail(self)
+        return self._detail
 
     @property
     def mql(self) -> bool:
@@ -55,7 +67,9 @@ class Assessment:
 
 def _max_within(touches: list[Touch], span: float) -> int:
     """Largest number of touches inside any window of `span` seconds."""
-    times = sorted(t[0] for t in touches)
+    if len(touches) < 2:
+        return len(touches)  # what the loop below gives for none or one
+    times = sorted([t[0] for t in touches])
     best, lo = 0, 0
     for hi, ts in enumerate(times):
         while ts - times[lo] > span:
@@ -72,13 +86,28 @@ def account_domain(state: LeadState) -> str | None:
     return domain.lower() if isinstance(domain, str) else None
 
 
+_SENIORITY_OF: dict[str, Seniority] = {s.value: s for s in Seniority}
+_ROLE_OF: dict[str, BuyingRole] = {r.value: r for r in BuyingRole}
+
+
+def _seniority(value: Any) -> Seniority:
+    """Seniority(value) (a ValueError for an unknown one), without an Enum call when known."""
+    known = _SENIORITY_OF.get(value) if isinstance(value, str) else None
+    return known if known is not None else Seniority(value)
+
+
+def _role(value: Any) -> BuyingRole:
+    known = _ROLE_OF.get(value) if isinstance(value, str) else None
+    return known if known is not None else BuyingRole(value)
+
+
 def assess(state: LeadState, rules: Rules, is_named_account: Callable[[str], bool]) -> Assessment:
     profile = state.profile or {}
     company = profile.get("company") or {}
     employees = company.get("employees")
     industry = company.get("industry")
-    seniority = Seniority(profile.get("seniority", "unknown"))
-    role = BuyingRole(profile.get("buying_role", "unknown"))
+    seniority = _seniority(profile.get("seniority", "unknown"))
+    role = _role(profile.get("buying_role", "unknown"))
 
     fit_rules = rules.fit
     missing_fit = []
@@ -94,8 +123,9 @@ def assess(state: LeadState, rules: Rules, is_named_account: Callable[[str], boo
         missing_fit.append(f"industry {industry!r} not targeted")
     fit = not missing_fit
 
-    domains = {d for d in (account_domain(state), company.get("domain")) if isinstance(d, str)}
-    named = sorted(d for d in {d.lower() for d in domains} if is_named_account(d))
+    domains = {d.lower() for d in (account_domain(state), company.get("domain"))
+               if isinstance(d, str)}
+    named = sorted([d for d in domains if is_named_account(d)])
     abm = bool(named)
 
     auth = rules.authority
@@ -118,39 +148,14 @@ def assess(state: LeadState, rules: Rules, is_named_account: Callable[[str], boo
     mql_intent = intent_in_window
     sql_intent = talk_to_sales or pricing_cluster >= rules.intent.sql_min_pricing_views
 
-    detail = {
-        "fit": {
-            "met": fit,
-            "employees": employees,
-            "industry": industry,
-            "named_account": named[0] if named else None,
-            "missing": missing_fit,
-        },
-        "authority": {
-            "seniority": seniority.value,
-            "buying_role": role.value,
-            "mql_met": mql_authority,
-            "sql_met": sql_authority,
-        },
-        "engagement": {
-            "touchpoints_in_window": count,
-            "window_days": rules.windows.engagement_days,
-            "mql_required": eng.mql_min_touchpoints,
-            "sql_required": eng.sql_min_touchpoints,
-            "intent_among_them": intent_in_window,
-            "mql_met": mql_engagement,
-            "sql_met": sql_engagement,
-        },
-        "intent": {
-            "last_intent": state.last_intent[2] if state.last_intent else None,
-            "talk_to_sales": state.last_tts[1] if state.last_tts else None,
-            "pricing_views_within_pair_window": pricing_cluster,
-            "pricing_views_required": rules.intent.sql_min_pricing_views,
-            "pair_window_days": rules.windows.pricing_pair_days,
-            "mql_met": mql_intent,
-            "sql_met": sql_intent,
-        },
-    }
+    numbers = (  # in the order _detail unpacks them
+        employees, industry, named[0] if named else None, missing_fit,
+        seniority.value, role.value,
+        count, rules.windows.engagement_days, eng.mql_min_touchpoints, eng.sql_min_touchpoints,
+        state.last_intent[2] if state.last_intent else None,
+        state.last_tts[1] if state.last_tts else None,
+        pricing_cluster, rules.intent.sql_min_pricing_views, rules.windows.pricing_pair_days,
+    )
     return Assessment(
         fit=fit,
         abm=abm,
@@ -161,8 +166,47 @@ def assess(state: LeadState, rules: Rules, is_named_account: Callable[[str], boo
         mql_intent=mql_intent,
         sql_intent=sql_intent,
         talk_to_sales=talk_to_sales,
-        detail=detail,
+        numbers=numbers,
     )
+
+
+def _detail(a: Assessment) -> dict[str, Any]:
+    (employees, industry, named_account, missing_fit, seniority, role, count, window_days,
+     mql_required, sql_required, last_intent, tts, pricing_cluster, pricing_required,
+     pair_days) = a.numbers
+    return {
+        "fit": {
+            "met": a.fit,
+            "employees": employees,
+            "industry": industry,
+            "named_account": named_account,
+            "missing": missing_fit,
+        },
+        "authority": {
+            "seniority": seniority,
+            "buying_role": role,
+            "mql_met": a.mql_authority,
+            "sql_met": a.sql_authority,
+        },
+        "engagement": {
+            "touchpoints_in_window": count,
+            "window_days": window_days,
+            "mql_required": mql_required,
+            "sql_required": sql_required,
+            "intent_among_them": a.mql_intent,
+            "mql_met": a.mql_engagement,
+            "sql_met": a.sql_engagement,
+        },
+        "intent": {
+            "last_intent": last_intent,
+            "talk_to_sales": tts,
+            "pricing_views_within_pair_window": pricing_cluster,
+            "pricing_views_required": pricing_required,
+            "pair_window_days": pair_days,
+            "mql_met": a.mql_intent,
+            "sql_met": a.sql_intent,
+        },
+    }
 
 
 def missing_for_next_stage(state: LeadState, a: Assessment) -> list[str]:

@@ -79,25 +79,23 @@ class LeadState:
         raw = orjson.loads(data)
         if raw.get("v") != STATE_FORMAT:
             raise ValueError(f"unsupported lead state format {raw.get('v')!r}")
-
-        def touch(t: list[Any] | None) -> Touch | None:
-            return tuple(t) if t is not None else None
-
+        # positional, in field order, each read in the order it always was (so a damaged
+        # state fails on the same field): keyword arguments and a helper cost a tenth here
         return cls(
-            lead_id=raw["id"],
-            cycle=raw["c"],
-            stage=_STAGE_OF.get(raw["s"]) or Stage(raw["s"]),  # Stage(): ValueError if unknown
-            newest_ts=raw["n"],
-            recent=list(map(tuple, raw["r"])),  # 4-lists on the wire: Touch tuples here
-            last_intent=touch(raw["i"]),
-            last_tts=touch(raw["t"]),
-            pricing=list(map(tuple, raw["p"])),
-            profile=raw["pf"],
-            profile_ts=raw["pt"],
-            account=(raw["a"][0], raw["a"][1]) if raw["a"] is not None else None,
-            last_trigger=raw.get("lt"),
-            cycle_start=raw.get("cs"),
-            mql_at=raw.get("ma"),
+            raw["id"],
+            raw["c"],
+            _STAGE_OF.get(raw["s"]) or Stage(raw["s"]),  # Stage(): ValueError if unknown
+            raw["n"],
+            list(map(tuple, raw["r"])),  # 4-lists on the wire: Touch tuples here
+            None if (intent := raw["i"]) is None else tuple(intent),
+            None if (tts := raw["t"]) is None else tuple(tts),
+            list(map(tuple, raw["p"])),
+            raw["pf"],
+            raw["pt"],
+            None if (account := raw["a"]) is None else (account[0], account[1]),
+            raw.get("lt"),
+            raw.get("cs"),
+            raw.get("ma"),
         )
 
 
@@ -115,6 +113,33 @@ def pricing_capacity(rules: Rules) -> int:
     return (rules.intent.sql_min_pricing_views - 1) * buckets + 1
 
 
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    """What record_touchpoint reads from the rules on every touch, worked out once per rule
+    set (the rules are frozen): a few nested pydantic attributes and a property each time
+    were a tenth of a replayed touch's cost."""
+
+    window_seconds: float
+    recent: int
+    pricing: int
+    quiz_score: float
+
+
+_LIMITS: dict[int, tuple[Rules, _Limits]] = {}  # id(rules) -> (the rules, their limits)
+
+
+def _limits(rules: Rules) -> _Limits:
+    held = _LIMITS.get(id(rules))
+    if held is not None and held[0] is rules:  # `is`: an id is reused once its object is gone
+        return held[1]
+    limits = _Limits(rules.window_seconds, recent_capacity(rules), pricing_capacity(rules),
+                     rules.intent.quiz_talk_to_sales_score)
+    if len(_LIMITS) >= 64:  # a long-lived process sees a handful; tests build thousands
+        _LIMITS.clear()
+    _LIMITS[id(rules)] = (rules, limits)
+    return limits
+
+
 def touch_order(t: Touch) -> tuple[float, str]:
     return (-t[0], t[1])  # newest first, ties broken by event_id
 
@@ -125,6 +150,12 @@ def _insert_top(touches: list[Touch], touch: Touch, capacity: int) -> bool:
     for held in touches:
         if held[1] == event_id:
             return False
+    if not touches or touch[0] > touches[0][0]:
+        # newer than every held touch (the common case in time order): insort would put it
+        # first, and it cannot be the one that falls off
+        touches.insert(0, touch)
+        del touches[capacity:]
+        return True
     if len(touches) >= capacity and touch_order(touch) > touch_order(touches[-1]):
         return False
     insort(touches, touch, key=touch_order)
@@ -140,8 +171,10 @@ def _topic_of(tp: Touchpoint) -> str | None:
     props = tp.properties
     for key in ("topic", "title"):
         value = props.get(key)
-        if isinstance(value, str) and value.strip():
-            return value.strip()[:_TOPIC_MAX]
+        if isinstance(value, str):
+            value = value.strip()
+            if value:
+                return value[:_TOPIC_MAX]
     if tp.type == "pricing_page_view":
         return "pricing"
     if tp.type == "competitor_comparison_view":
@@ -150,14 +183,18 @@ def _topic_of(tp: Touchpoint) -> str | None:
 
 
 def is_talk_to_sales(tp: Touchpoint, rules: Rules) -> bool:
-    if tp.type in TALK_TO_SALES_TYPES:
+    return _is_talk_to_sales(tp, str(tp.type), rules.intent.quiz_talk_to_sales_score)
+
+
+def _is_talk_to_sales(tp: Touchpoint, kind: str, quiz_score: float) -> bool:
+    if kind in TALK_TO_SALES_TYPES:
         return True
-    if tp.type == "quiz_completed":
+    if kind == "quiz_completed":
         score = tp.properties.get("score")
         return (
             isinstance(score, int | float)
             and not isinstance(score, bool)
-            and score >= rules.intent.quiz_talk_to_sales_score
+            and score >= quiz_score
         )
     return False
 
@@ -165,7 +202,7 @@ def is_talk_to_sales(tp: Touchpoint, rules: Rules) -> bool:
 def _prune(state: LeadState, rules: Rules) -> None:
     if state.newest_ts is None:
         return
-    cut = state.newest_ts - rules.window_seconds
+    cut = state.newest_ts - _limits(rules).window_seconds
     # both lists are newest first (_insert_top keeps them so): when the oldest is still in
     # the window nothing goes, and most touches leave them as they are (a replay's hot path)
     if state.recent and state.recent[-1][0] < cut:
@@ -183,6 +220,15 @@ def _account_rank(account: tuple[float, str], is_named_account: Callable[[str], 
     return (is_named_account(account[1]), account[0], account[1])
 
 
+# The touch made from the last touchpoint recorded, and its account domain lowercased. A replay
+# records each touchpoint into one state per rule set in turn: they then hold one tuple instead
+# of equal copies, so the second state's scans find its touches already in the CPU cache (with
+# 100k states in memory, those scans waited on memory more than they computed). Both depend on
+# the touchpoint only, and a touchpoint is immutable; `is` on the held reference cannot match
+# another one.
+_LAST_TOUCH: tuple[Touchpoint | None, Touch, str | None] = (None, (0.0, "", "", None), None)
+
+
 def record_touchpoint(
     state: LeadState,
     tp: Touchpoint,
@@ -195,29 +241,48 @@ def record_touchpoint(
     newest domain: a later touch from another domain must not take the ABM path away again,
     or the stage reached would depend on the order the touches arrived in.
     """
-    ts = tp.occurred_at.timestamp()
-    if state.newest_ts is not None and ts < state.newest_ts - rules.window_seconds:
+    global _LAST_TOUCH
+    last = _LAST_TOUCH  # read once: (touchpoint, its touch, its domain), replaced whole below
+    if last[0] is tp:  # the same touchpoint for another rule set (a replay's lock-step)
+        touch, domain = last[1], last[2]
+        ts, kind = touch[0], touch[2]
+    else:
+        touch, domain = None, None
+        ts = tp.occurred_at.timestamp()
+        kind = str(tp.type)  # str(): StrEnum's value
+    limits = _limits(rules)
+    newest = state.newest_ts
+    if newest is not None and ts < newest - limits.window_seconds:
         return False  # belongs only to windows that have already passed
     if state.cycle_start is not None and ts < state.cycle_start:
         return False  # counted in the cycle that sales has already recycled
-    touch: Touch = (ts, tp.event_id, str(tp.type), _topic_of(tp))  # str(): StrEnum's value
-    changed = _insert_top(state.recent, touch, recent_capacity(rules))
-    if tp.type in INTENT_TYPES and _newer(state.last_intent, touch):
+    if touch is None:
+        touch = (ts, tp.event_id, kind, _topic_of(tp))
+        domain = tp.account_domain.lower() if tp.account_domain else None
+        _LAST_TOUCH = (tp, touch, domain)
+    changed = _insert_top(state.recent, touch, limits.recent)
+    if kind in INTENT_TYPES and _newer(state.last_intent, touch):
         state.last_intent = touch
         changed = True
-    if is_talk_to_sales(tp, rules) and _newer(state.last_tts, touch):
+    if _is_talk_to_sales(tp, kind, limits.quiz_score) and _newer(state.last_tts, touch):
         state.last_tts = touch
         changed = True
-    if tp.type == "pricing_page_view":
-        changed = _insert_top(state.pricing, touch, pricing_capacity(rules)) or changed
-    if tp.account_domain:
-        candidate = (ts, tp.account_domain.lower())
-        if state.account is None or _account_rank(candidate, is_named_account) > _account_rank(
-            state.account, is_named_account
-        ):
-            state.account = candidate
+    if kind == "pricing_page_view":
+        changed = _insert_top(state.pricing, touch, limits.pricing) or changed
+    if domain:
+        held = state.account
+        if held is None:
+            state.account = (ts, domain)
             changed = True
-    if state.newest_ts is None or ts > state.newest_ts:
+        elif held[1] == domain:  # the same domain: named or not alike, so the newer time wins
+            if ts > held[0]:
+                state.account = (ts, domain)
+                changed = True
+        elif _account_rank((ts, domain), is_named_account) > _account_rank(held,
+                                                                           is_named_account):
+            state.account = (ts, domain)
+            changed = True
+    if newest is None or ts > newest:
         state.newest_ts = ts
         _prune(state, rules)
     return changed

@@ -69,21 +69,38 @@ def skip_reason(rep: Rep, state: RoutingState, now: datetime, check_capacity: bo
 # --------------------------------------------------------------------------------------------
 
 
+# (countries, employees_min, employees_max, pool) per territory, and the fallback pool
+_Territories = tuple[tuple[tuple[frozenset[str], int | None, int | None, str], ...], str]
+_TERRITORIES: dict[int, tuple[Rules, _Territories]] = {}  # id(rules) -> (rules, territories)
+
+
+def _territories(rules: Rules) -> _Territories:
+    """The rules' territories as plain tuples, once per (frozen) rule set: a drain of the
+    queues maps every queued lead to its pool, and pydantic attributes cost on each read."""
+    held = _TERRITORIES.get(id(rules))
+    if held is not None and held[0] is rules:  # `is`: an id is reused once its object is gone
+        return held[1]
+    table = (tuple((t.countries, t.employees_min, t.employees_max, t.pool)
+                   for t in rules.routing.territories), rules.routing.fallback_pool)
+    if len(_TERRITORIES) >= 64:  # a long-lived process sees a handful; tests build thousands
+        _TERRITORIES.clear()
+    _TERRITORIES[id(rules)] = (rules, table)
+    return table
+
+
 def territory_pool(request: RouteRequest, rules: Rules) -> str:
     """The pool the rules map a lead to, before looking at who is in it."""
-    for t in rules.routing.territories:
-        if t.countries and request.country not in t.countries:
+    territories, fallback = _territories(rules)
+    country, employees = request.country, request.employees
+    for countries, employees_min, employees_max, pool in territories:
+        if countries and country not in countries:
             continue
-        if t.employees_min is not None and (
-            request.employees is None or request.employees < t.employees_min
-        ):
+        if employees_min is not None and (employees is None or employees < employees_min):
             continue
-        if t.employees_max is not None and (
-            request.employees is None or request.employees > t.employees_max
-        ):
+        if employees_max is not None and (employees is None or employees > employees_max):
             continue
-        return t.pool
-    return rules.routing.fallback_pool
+        return pool
+    return fallback
 
 
 def pool_members(pool: str, roster: Mapping[str, Rep]) -> list[Rep]:
@@ -301,14 +318,41 @@ def assign_lead(state: RoutingState, request: RouteRequest, choice: _Choice, poo
                     due.timestamp(), request.received_at)
 
 
+Needs = tuple[str | None, str, str | None]
+
+
 def _route_needs(request: RouteRequest, accounts: Mapping[str, NamedAccount], rules: Rules
-                 ) -> tuple[str | None, str, str | None]:
+                 ) -> Needs:
     """Everything decide_route's answer depends on besides the roster, the clock and the
     state: the named account's owner (its backup follows from the owner), the territory pool
     and the language group. Requests alike in these get the same answer in the same state."""
-    account = next((accounts[d] for d in request.account_domains if d in accounts), None)
-    return (account.owner_rep_id if account is not None else None,
-            territory_pool(request, rules), request.language)
+    owner = None
+    for d in request.account_domains:  # the first domain that is a named account
+        if d in accounts:
+            owner = accounts[d].owner_rep_id
+            break
+    return (owner, territory_pool(request, rules), request.language)
+
+
+class NeedsCache:
+    """_route_needs of queued requests, kept across drains, for a caller whose named accounts
+    and rules do not change (the simulator: a long queue is walked on every freed slot, and
+    working out each queued lead's needs again was most of its routing time). The worker's
+    accounts change while leads wait, so it passes none."""
+
+    def __init__(self, accounts: Mapping[str, NamedAccount], rules: Rules) -> None:
+        self.accounts = accounts
+        self.rules = rules
+        # id(request) -> (the request, its needs); drain_queues reads it without a call
+        self.held: dict[int, tuple[RouteRequest, Needs]] = {}
+
+    def __call__(self, request: RouteRequest) -> Needs:
+        held = self.held.get(id(request))
+        if held is not None and held[0] is request:  # `is`: ids are reused once freed
+            return held[1]
+        needs = _route_needs(request, self.accounts, self.rules)
+        self.held[id(request)] = (request, needs)
+        return needs
 
 
 def drain_queues(
@@ -317,19 +361,23 @@ def drain_queues(
     state: RoutingState,
     rules: Rules,
     now: datetime,
+    needs_cache: NeedsCache | None = None,
 ) -> list[Decision]:
     """Assign queued leads that someone can take now, oldest first in each pool.
 
     A lead nobody can take yet stays in place and does not block the ones behind it (they may
     need another language group); the SLA clock of a queued lead started when it was queued.
+    `needs_cache` (for these same accounts and rules) remembers each queued lead's needs.
     """
+    assert needs_cache is None or (needs_cache.accounts is accounts
+                                   and needs_cache.rules is rules)
     out: list[Decision] = []
     budget = rules.routing.queue_drain_batch
     # Leads that nobody could take, by what that answer depended on. Until the next
     # assignment only fills slots, so a later lead with the same needs fails too; an
     # assignment may also free its lead's old slot, so it clears what was learned. Without
     # this, every freed slot re-decides the whole queue (quadratic in a long backlog).
-    blocked: set[tuple[str | None, str, str | None]] = set()
+    blocked: set[Needs] = set()
     for pool in sorted(state.queues):
         queue = state.queues[pool]
         remaining: list[Queued] = []
@@ -337,7 +385,13 @@ def drain_queues(
             if budget <= 0:
                 remaining.append(q)
                 continue
-            needs = _route_needs(q.request, accounts, rules)
+            request = q.request
+            if needs_cache is not None:  # its dict read here: a call per queued lead costs
+                held = needs_cache.held.get(id(request))
+                needs = held[1] if held is not None and held[0] is request else \
+                    needs_cache(request)
+            else:
+                needs = _route_needs(request, accounts, rules)
             if needs in blocked:
                 remaining.append(q)
                 continue

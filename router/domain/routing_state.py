@@ -186,11 +186,12 @@ class RoutingState:
         return h
 
     def is_queued(self, lead_id: str, cycle: int) -> bool:
-        return any(
-            q.request.lead_id == lead_id and q.request.cycle >= cycle
-            for queue in self.queues.values()
-            for q in queue
-        )
+        for queue in self.queues.values():  # loops, not any(): every SQL walks every queue
+            for q in queue:
+                request = q.request
+                if request.lead_id == lead_id and request.cycle >= cycle:
+                    return True
+        return False
 
     # ---- storage: one record per lead, per cursor and per pool queue ------------------------
 

@@ -207,7 +207,7 @@ class Qualifier:
         else:
             state = held[1]
         if isinstance(event, Touchpoint):
-            touchpoint_counts[event.type.value] += 1
+            touchpoint_counts[str(event.type)] += 1  # str(): the StrEnum's value, cheaper
             return apply_touchpoint(state, event, ctx)
         if isinstance(event, LeadProfile):
             touchpoint_counts[""] += 1  # "" = a profile

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.sharedctypes import Synchronized
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -187,7 +188,7 @@ def decode_records(
                     on_refused(r, exc)
                 continue
             out.append((when, kind, mask, event))
-    out.sort(key=lambda e: (e[0], e[1]))  # stable: record order breaks the remaining ties
+    out.sort(key=itemgetter(0, 1))  # (time, kind); stable: record order breaks the other ties
     return out
 
 
@@ -284,8 +285,12 @@ class Replayer:
 
     def apply(self, event: InputEvent, mask: int = -1) -> None:
         lead = event.lead_id
-        before = [self.result.best[i].get(lead, 0) for i in range(len(self.rule_sets))]
-        moved = False
+        best = self.result.best
+        # each rule set's best stage before this event, taken only when one of them moves
+        # (before its first _record): most events move nothing, and this ran on every one
+        before: list[int] | None = None
+        tp = event if isinstance(event, Touchpoint) else None
+        profile = event if isinstance(event, LeadProfile) else None
         for i, ctx in enumerate(self.contexts):
             if not mask >> i & 1:
                 continue
@@ -293,20 +298,22 @@ class Replayer:
             state = states.get(lead)
             if state is None:
                 state = states[lead] = LeadState(lead)
-            if isinstance(event, Touchpoint):
-                transitions = apply_touchpoint(state, event, ctx)
-            elif isinstance(event, LeadProfile):
-                transitions = apply_profile(state, event, ctx)
-            elif state.stage is Stage.SQL:  # only a lead sales held can be recycled
+            if tp is not None:
+                transitions = apply_touchpoint(state, tp, ctx)
+            elif profile is not None:
+                transitions = apply_profile(state, profile, ctx)
+            elif state.stage is Stage.SQL and isinstance(event, Recycle):
+                # only a lead sales held can be recycled
                 transitions = apply_recycle(state, state.cycle, event.reason, event.trigger,
                                             event.occurred_at, ctx)
             else:
                 transitions = []
             if transitions:
-                moved = True
+                if before is None:
+                    before = [b.get(lead, 0) for b in best]
                 self._record(i, state, transitions)
-        if moved and len(self.rule_sets) == 2:
-            after = [self.result.best[i].get(lead, 0) for i in (0, 1)]
+        if before is not None and len(self.rule_sets) == 2:
+            after = [best[i].get(lead, 0) for i in (0, 1)]
             if after[0] != after[1] and after != before:
                 self.result.why[lead] = self._why(lead)
 
@@ -380,8 +387,9 @@ def _tick(n: int) -> None:
 def _run_share(index: int) -> ReplayResult:
     job = _JOB
     assert job is not None
-    mine = (r for r in job.records if share_of(r.key, job.shares) == index) \
-        if job.shares > 1 else iter(job.records)
+    shares, crc32 = job.shares, zlib.crc32  # share_of inlined: it runs on every record
+    mine = (r for r in job.records if crc32(r.key or b"") % shares == index) \
+        if shares > 1 else iter(job.records)
     refused = [Counter[str]() for _ in job.rule_sets]
     events = decode_records(mine, job.rule_sets, future_check=job.future_check,
                             skip=job.skip, refused=refused)

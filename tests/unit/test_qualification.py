@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
+import orjson
 import pytest
 
 from router.domain.criteria import Assessment, assess, missing_for_next_stage
@@ -474,6 +475,20 @@ def test_pricing_pair_leaves_the_window_when_newer_touches_arrive() -> None:
     assert after.detail["engagement"]["touchpoints_in_window"] == 2
 
 
+def test_the_detail_shows_the_lead_as_it_was_when_assessed() -> None:
+    """The detail's dicts are built on first read; what they show is taken when assessed, so
+    a lead that changes in between does not change an assessment already made."""
+    state, _ = run([profile(domain="bigco.com"), tp("pricing_page_view", 0), tp("page_view", 1),
+                    tp("demo_request", 2)])
+    early = assess(state, RULES, NAMED_ACCOUNTS.__contains__)
+    read_at_once = assess(state, RULES, NAMED_ACCOUNTS.__contains__).detail
+    apply(state, tp("pricing_page_view", 40), ctx())  # the window moves: most of it leaves
+    apply(state, profile(seniority="ic", domain="small.io", day=41), ctx())
+    assert assess(state, RULES, NAMED_ACCOUNTS.__contains__).detail != read_at_once
+    assert early.detail == read_at_once
+    assert early.detail is early.detail  # built once
+
+
 def test_engagement_count_slides_with_the_newest_touch() -> None:
     events: list[Event] = [profile(), *(tp("page_view", d) for d in range(5))]
     _, a = assessed(events)
@@ -820,10 +835,63 @@ def test_empty_state_round_trips() -> None:
     assert LeadState.from_bytes(state.to_bytes()) == state
 
 
+STORED_STATE = (  # format 1 as the changelogs of earlier releases hold it, byte for byte
+    b'{"v":1,"id":"L-1","c":2,"s":"mql","n":1790000000.5,"r":[[1790000000.5,"tp-2",'
+    b'"pricing_page_view","pricing"],[1789990000.0,"tp-1","page_view",null]],"i":[1790000000.5,'
+    b'"tp-2","pricing_page_view","pricing"],"t":null,"p":[[1790000000.5,"tp-2",'
+    b'"pricing_page_view","pricing"]],"pf":{"lead_id":"L-1","seniority":"vp"},'
+    b'"pt":1789000000.0,"a":[1790000000.5,"acme.io"],"lt":"tp-2","cs":1788000000.0,'
+    b'"ma":1790000000.5}'
+)
+
+
+def test_a_stored_state_reads_back_and_is_written_as_it_was() -> None:
+    touch = (1790000000.5, "tp-2", "pricing_page_view", "pricing")
+    state = LeadState.from_bytes(STORED_STATE)
+    assert state == LeadState(
+        "L-1", 2, Stage.MQL, 1790000000.5,
+        [touch, (1789990000.0, "tp-1", "page_view", None)], touch, None, [touch],
+        {"lead_id": "L-1", "seniority": "vp"}, 1789000000.0, (1790000000.5, "acme.io"),
+        "tp-2", 1788000000.0, 1790000000.5)
+    assert state.to_bytes() == STORED_STATE
+
+
+@pytest.mark.parametrize(("damage", "error"), [
+    ({"s": None}, KeyError), ({"s": "gone"}, ValueError), ({"r": [1]}, TypeError),
+    ({"a": 7}, TypeError)])
+def test_a_damaged_state_fails_as_it_always_did(damage: dict[str, object],
+                                                error: type[Exception]) -> None:
+    """index_partition skips a ValueError, process() dead-letters anything else: the kind of
+    error a damaged state raises is part of how it is handled. (None: the field is gone.)"""
+    raw = orjson.loads(STORED_STATE)
+    for name, value in damage.items():
+        if value is None:
+            del raw[name]
+        else:
+            raw[name] = value
+    with pytest.raises(error):
+        LeadState.from_bytes(orjson.dumps(raw))
+
+
 def test_unknown_state_format_is_refused() -> None:
     data = LeadState(LEAD).to_bytes().replace(b'"v":1', b'"v":99')
     with pytest.raises(ValueError, match="unsupported lead state format 99"):
         LeadState.from_bytes(data)
+
+
+def test_two_states_fed_one_touchpoint_share_its_touch() -> None:
+    """As a replay feeds each touchpoint to one state per rule set: the second state holds the
+    same tuple the first made; another touchpoint (even an equal one) gets its own."""
+    strict = rules_with("engagement: {sql_min_touchpoints: 5}\n")
+    first, second, third = LeadState(LEAD), LeadState(LEAD), LeadState(LEAD)
+    touch = tp("pricing_page_view", 1, topic="q4")
+    assert record_touchpoint(first, touch, RULES) and record_touchpoint(second, touch, strict)
+    assert second.recent[0] is first.recent[0]
+    assert second.recent == first.recent == [(at(1).timestamp(), "pricing_page_view-d1",
+                                              "pricing_page_view", "q4")]
+    again = tp("pricing_page_view", 1, topic="q4")
+    record_touchpoint(third, again, RULES)
+    assert third.recent == first.recent and third.recent[0] is not first.recent[0]
 
 
 def test_record_touchpoint_reports_whether_anything_changed() -> None:

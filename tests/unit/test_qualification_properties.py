@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import insort
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,7 +11,16 @@ from hypothesis import strategies as st
 
 from router.domain.criteria import assess
 from router.domain.events import LeadProfile, Stage, Touchpoint, TouchpointType, Transition
-from router.domain.lead_state import LeadState, pricing_capacity, record_touchpoint
+from router.domain.lead_state import (
+    LeadState,
+    Touch,
+    _insert_top,
+    _limits,
+    pricing_capacity,
+    recent_capacity,
+    record_touchpoint,
+    touch_order,
+)
 from router.domain.qualification import Context, apply_profile, apply_touchpoint
 from router.domain.rules import Rules, load_rules, parse_rules
 
@@ -271,3 +281,66 @@ def test_no_intent_in_the_window_means_no_stage_can_move(
             a = assess(state, RULES, CONTEXT.is_named_account)
             assert not (a.mql or a.sql_standard or a.sql_direct or a.sql_abm), a.detail
 
+
+
+# --------------------------------------------------------------------------------------------
+# The shortcuts of lead_state's updates
+# --------------------------------------------------------------------------------------------
+
+
+def _insert_top_by_bisect(touches: list[Touch], touch: Touch, capacity: int) -> bool:
+    """_insert_top as it was before its shortcut for the newest touch: always by insort."""
+    if any(held[1] == touch[1] for held in touches):
+        return False
+    if len(touches) >= capacity and touch_order(touch) > touch_order(touches[-1]):
+        return False
+    insort(touches, touch, key=touch_order)
+    del touches[capacity:]
+    return True
+
+
+@SETTINGS
+@given(capacity=st.integers(1, 6),
+       touches=st.lists(st.tuples(st.sampled_from([0.0, 1.0, 2.0, 2.5, 3.0, 10.0]),
+                                  st.sampled_from(["a", "b", "c", "d", "e", "f", "g"])),
+                        max_size=30))
+def test_insert_top_keeps_what_bisect_keeps(capacity: int,
+                                            touches: list[tuple[float, str]]) -> None:
+    """The newest-first shortcut (insert at the front) gives the list and the answer that
+    insort gives, with ties in time, repeats and a full list."""
+    fast: list[Touch] = []
+    slow: list[Touch] = []
+    for ts, event_id in touches:
+        touch: Touch = (ts, event_id, "page_view", None)
+        assert _insert_top(fast, touch, capacity) == _insert_top_by_bisect(slow, touch, capacity)
+        assert fast == slow
+
+
+def test_the_limits_are_the_rules_own() -> None:
+    for rules in (RULES, parse_rules("windows: {engagement_days: 9, pricing_pair_days: 2}\n"
+                                     "intent: {sql_min_pricing_views: 3}\n"
+                                     "handover: {timeline_size: 3}\n", "limits.yaml")):
+        limits = _limits(rules)
+        assert (limits.window_seconds, limits.recent, limits.pricing, limits.quiz_score) == (
+            rules.window_seconds, recent_capacity(rules), pricing_capacity(rules),
+            rules.intent.quiz_talk_to_sales_score)
+        assert _limits(rules) is limits
+
+
+@SETTINGS
+@given(touches=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(
+    [None, "acme.io", "ACME.io", "bigco.com", "BigCo.com", "other.org"])), max_size=12))
+def test_the_account_is_the_best_ranked_domain(touches: list[tuple[int, str | None]]) -> None:
+    """Named accounts first, then the newest, then the domain: what comparing the full ranks
+    gives (record_touchpoint skips the comparison for a repeat of the held domain)."""
+    state = LeadState(LEAD)
+    named = CONTEXT.is_named_account
+    best: tuple[bool, float, str] | None = None
+    for n, (day, domain) in enumerate(touches):
+        touch = Touchpoint(event_id=f"a-{n}", lead_id=LEAD, type=TouchpointType.PAGE_VIEW,
+                           occurred_at=T0 + timedelta(days=day), account_domain=domain)
+        record_touchpoint(state, touch, RULES, named)
+        if domain:
+            rank = (named(domain.lower()), touch.occurred_at.timestamp(), domain.lower())
+            best = rank if best is None or rank > best else best
+        assert state.account == (None if best is None else (best[1], best[2]))

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from router.domain.events import NamedAccount, Rep, SalesActivityType, SlaClass
 from router.domain.routing import (
+    NeedsCache,
     apply_activity,
     decide_route,
     drain_queues,
@@ -112,6 +113,8 @@ class Sim:
     routed: list[str] = field(default_factory=list)
     windows: dict[str, Window] = field(default_factory=dict)
     round_robin_assignments: int = 0
+    needs: NeedsCache | None = None  # drains remember queued leads' needs (as simulate does)
+    drained: list[Decision] = field(default_factory=list)
 
     # ---- an independent view of who is eligible ----
 
@@ -253,15 +256,20 @@ class Sim:
 
     def drain(self) -> None:
         queued_before = sum(len(q) for q in self.state.queues.values())
-        decisions = drain_queues(self.roster, self.accounts, self.state, RULES, self.now)
+        decisions = drain_queues(self.roster, self.accounts, self.state, RULES, self.now,
+                                 self.needs)
+        self.drained += decisions
         assert len(decisions) <= queued_before
         assert len({d.lead_id for d in decisions}) == len(decisions)
         self.check_decisions(decisions, drained=True)
         self.check_drained()
 
 
-def simulate(roster: dict[str, Rep], owner: str, steps: list[Step]) -> Sim:
+def simulate(roster: dict[str, Rep], owner: str, steps: list[Step],
+             needs_cache: bool = False) -> Sim:
     sim = Sim(roster, {ACCOUNT: NamedAccount(account_domain=ACCOUNT, owner_rep_id=owner)})
+    if needs_cache:
+        sim.needs = NeedsCache(sim.accounts, RULES)
     for step in steps:
         if step[0] == "route":
             sim.route(*step[1:])
@@ -283,6 +291,18 @@ def simulate(roster: dict[str, Rep], owner: str, steps: list[Step]) -> Sim:
        steps=STEP_LISTS)
 def test_routing_invariants(roster: dict[str, Rep], owner: str, steps: list[Step]) -> None:
     simulate(roster, owner, steps)
+
+
+@SETTINGS
+@given(roster=rosters(), owner=st.sampled_from(["R0", "R1", "R-gone"]),
+       steps=STEP_LISTS)
+def test_drains_that_remember_the_needs_decide_the_same(roster: dict[str, Rep], owner: str,
+                                                        steps: list[Step]) -> None:
+    """The simulator's NeedsCache (accounts and rules fixed) changes no drain's decisions."""
+    plain = simulate(roster, owner, steps)
+    cached = simulate(roster, owner, steps, needs_cache=True)
+    assert cached.drained == plain.drained
+    assert cached.state.flush() == plain.state.flush()
 
 
 @SETTINGS
