@@ -23,3 +23,13 @@ def test_breakdown_has_percentiles_per_transaction_step_and_input_age(tmp_path: 
     assert table["input age when handled: touchpoints"]["p50"] == 40.0
     assert table["batch: handle"]["n"] == 1
     assert "txn: queue" in render(table)
+
+
+def test_the_wait_before_a_worker_transaction_is_its_own_row_not_part_of_the_total(
+        tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    log.write_bytes(orjson.dumps({"msg": "txn", "tasks": 3,
+                                  "ms": {"wait": 30.0, "queue": 1.0, "end_txn": 4.0}}))
+    table = breakdown(log)
+    assert table["txn: wait"]["p50"] == 30.0
+    assert table["txn: total"]["p50"] == 5.0

@@ -102,6 +102,43 @@ async def test_batches_decided_during_a_commit_join_the_next_transaction() -> No
     assert w.calls.index("send out.routing") > w.calls.index("commit")
 
 
+async def test_records_held_for_a_committed_task_join_the_transaction_waiting_to_begin(
+        ) -> None:
+    # leads 0 commits; routing 0 is decided meanwhile; leads 0's next records wait (held).
+    # Once leads 0 has committed, its next batch joins routing's transaction, not a third one
+    w = Worker()
+    gate = asyncio.Event()
+    w.prepare = lambda p: setattr(p, "commit_gate", gate)
+    first = w.txns.start([w.decision(LEADS_0, 5)])
+    await asyncio.sleep(0.01)
+    second = w.txns.start([w.decision(ROUTING_0, 9)])
+    w.txns.held = {TP: ["the next record of leads 0"]}
+    gate.set()
+    assert await asyncio.gather(*first) == [True]
+    await asyncio.sleep(0.01)
+    assert w.calls.count("begin") == 1  # routing's transaction waits for the loop
+    assert w.txns.admit({}) == {TP: ["the next record of leads 0"]}
+    third = w.txns.start([w.decision(LEADS_0, 6)])
+    assert await asyncio.gather(*second, *third) == [True, True]
+    assert w.calls.count("begin") == 2 and w.calls.count("commit") == 2
+    assert w.calls.index("send out.routing") < w.calls.index("commit", w.calls.index("begin", 1))
+    assert w.stores[LEADS_0].get(b"k") == b"leads@6"
+
+
+async def test_a_transaction_waiting_for_the_loop_still_begins_when_drained() -> None:
+    w = Worker()
+    gate = asyncio.Event()
+    w.prepare = lambda p: setattr(p, "commit_gate", gate)
+    first = w.txns.start([w.decision(LEADS_0, 5)])
+    await asyncio.sleep(0.01)
+    second = w.txns.start([w.decision(ROUTING_0, 9)])
+    w.txns.held = {TP: ["the next record of leads 0"]}
+    gate.set()
+    await asyncio.wait_for(w.txns.drain(), 5)  # a revocation: every commit settles
+    assert [c.result() for c in (*first, *second)] == [True, True]
+    assert w.txns.held == {} and w.calls.count("commit") == 2
+
+
 async def test_a_refused_generation_aborts_and_rewinds_every_task() -> None:
     w = Worker()
     assert w.txns.start([]) == [] and not w.producers  # nothing decided: no transaction

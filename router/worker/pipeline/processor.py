@@ -306,11 +306,13 @@ class PartitionProcessor:
     async def _process(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         started = time.perf_counter()
         if sum(len(rs) for rs in self.eos.held.values()) > self.settings.batch_size * 4:
-            await asyncio.wait(self.eos.inflight.values())  # the broker is behind: wait for it
+            self.eos.flush()  # the broker is behind: wait for a commit
+            await asyncio.wait(self.eos.inflight.values(), return_when=asyncio.FIRST_COMPLETED)
         if self.eos.inflight or self.eos.held:
             fetched = self.eos.admit(fetched)
         by_task = self.core.split(fetched)
         if not by_task:
+            self.eos.flush()  # one producer per worker: a transaction may wait for this
             return
         now = datetime.now(UTC)
         count = 0

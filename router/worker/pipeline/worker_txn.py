@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -36,8 +37,8 @@ from aiokafka.structs import TopicPartition
 from router.worker.pipeline import kip447
 from router.worker.pipeline.commit import TaskControl, last_offset, send_changelog, stop_producer
 from router.worker.pipeline.core import Ownership, TaskId
-from router.worker.pipeline.eos_commit import FENCED, ExactlyOnceCommits, abort
-from router.worker.pipeline.loggers import trace_commit
+from router.worker.pipeline.eos_commit import FENCED, ExactlyOnceCommits, StepClock, abort
+from router.worker.pipeline.loggers import trace, trace_commit
 from router.worker.pipeline.stage import Decision, StageSpec
 from router.worker.pipeline.store import PartitionStore
 from router.worker.pipeline.txn_tuning import TxnTuning
@@ -57,6 +58,8 @@ class _Transaction:
     """The decided batches of one transaction; open to more until it begins."""
 
     decisions: list[Decision] = field(default_factory=list)
+    clock: StepClock | None = field(
+        default_factory=lambda: StepClock() if trace.isEnabledFor(logging.DEBUG) else None)
     outcome: asyncio.Future[dict[TaskId, bool]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -73,9 +76,8 @@ class WorkerTransactions(ExactlyOnceCommits):
         self.transactional_id = transactional_id
         self.group = group  # the member's generation when the offsets are sent
         self.producer: AIOKafkaProducer | None = None
-        self._next: _Transaction | None = None
-        self._one_at_a_time = asyncio.Lock()
-        self._running: set[asyncio.Task[None]] = set()
+        self._next: _Transaction | None = None  # open to more batches until it begins
+        self._running: asyncio.Task[None] | None = None  # the one transaction committing
 
     def start(self, decided: list[Decision]) -> list[asyncio.Task[bool]]:
         """The batches join the transaction that begins next (one runs at a time)."""
@@ -84,16 +86,31 @@ class WorkerTransactions(ExactlyOnceCommits):
         txn = self._next
         if txn is None:
             txn = self._next = _Transaction()
-            runner = asyncio.create_task(self._run(txn))
-            self._running.add(runner)
-            runner.add_done_callback(self._running.discard)
         txn.decisions.extend(decided)
         commits = []
         for d in decided:
             commit = asyncio.create_task(_outcome_of(txn, d[0]))
             self.inflight[d[0]] = commit
             commits.append(commit)
+        self.flush()
         return commits
+
+    def flush(self) -> None:
+        """Begin the next transaction, unless one is running. The loop calls this after each
+        batch: once a transaction has committed, the records held for its tasks are decided
+        first and join the next one, rather than waiting for a transaction of the other
+        tasks to commit and then for one of their own."""
+        if self._running is not None or self._next is None:
+            return
+        txn, self._next = self._next, None  # from here on, decisions join the next one
+        self._running = asyncio.create_task(self._run(txn))
+
+    async def drain(self) -> None:
+        while self._running is not None or self._next is not None:
+            self.flush()
+            if self._running is not None:
+                await asyncio.wait([self._running])
+        await super().drain()
 
     async def stop(self) -> None:
         if self.producer is not None:
@@ -101,18 +118,21 @@ class WorkerTransactions(ExactlyOnceCommits):
             self.producer = None
 
     async def _run(self, txn: _Transaction) -> None:
-        async with self._one_at_a_time:
-            if self._next is txn:
-                self._next = None  # from here on, decisions join the next transaction
-            try:
-                outcome = await self._transact_all(txn.decisions)
-            except asyncio.CancelledError:  # the worker is stopping
-                txn.outcome.cancel()
-                raise
-            except BaseException as exc:  # a bug: every task of it must still learn its fate
-                txn.outcome.set_exception(exc)
-                raise
-            txn.outcome.set_result(outcome)
+        if txn.clock:
+            txn.clock.step("wait")  # since its first batch was decided
+        try:
+            outcome = await self._transact_all(txn.decisions, txn.clock)
+        except asyncio.CancelledError:  # the worker is stopping
+            txn.outcome.cancel()
+            raise
+        except BaseException as exc:  # a bug: every task of it must still learn its fate
+            txn.outcome.set_exception(exc)
+            raise
+        finally:
+            self._running = None
+        txn.outcome.set_result(outcome)
+        if not any(self.core.task_of(tp) in outcome for tp in self.held):
+            self.flush()  # else the loop decides those records first, then flushes
 
     async def _ready_producer(self) -> AIOKafkaProducer:
         if self.producer is None:
@@ -125,7 +145,8 @@ class WorkerTransactions(ExactlyOnceCommits):
             self.producer = producer
         return self.producer
 
-    async def _transact_all(self, decisions: list[Decision]) -> dict[TaskId, bool]:
+    async def _transact_all(self, decisions: list[Decision],
+                            clock: StepClock | None) -> dict[TaskId, bool]:
         outcome = dict.fromkeys((d[0] for d in decisions), False)
         try:
             producer = await self._ready_producer()
@@ -144,12 +165,20 @@ class WorkerTransactions(ExactlyOnceCommits):
                 acks.extend(future for _count, future in changelog)
                 sent.append(changelog)
                 offsets.update(task_offsets)
+            if clock:
+                clock.step("queue")
             if self.tuning.acks_before_offsets:  # why: txn_tuning.py
                 await asyncio.gather(*acks)
+            if clock:
+                clock.step("add_partitions_and_produce")
             # 4. every task's consumed offsets, fenced by the member's generation
             await producer.send_offsets_to_transaction(offsets, self.group())
+            if clock:
+                clock.step("offsets")
             # 5. commit: all of it, or none of it
             await producer.commit_transaction()
+            if clock:
+                clock.step("end_txn")
             lasts = [await last_offset(s) for s in sent]
         except kip447.StaleGeneration as exc:
             # a rebalance moved (some of) these partitions: this worker's offsets were
@@ -173,6 +202,9 @@ class WorkerTransactions(ExactlyOnceCommits):
                 self.stores[task_id].write(result.writes, last)
             outcome[task_id] = applied
         trace_commit(self.core.generation, offsets)
+        if clock:
+            trace.debug("txn", extra={"tasks": len(decisions), "outputs": sum(
+                len(d[3].outputs) for d in decisions), "ms": clock.steps})
         return outcome
 
     async def _after_failure(self, decisions: list[Decision], reason: str,
