@@ -172,14 +172,15 @@ def _cmd_roster_export(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from router.tools.export import run_export
 
-    return run_export(since=args.since, start=args.start, end=args.end, broker=args.broker,
-                      prefix=args.topic_prefix, out=args.out, inputs_only=args.inputs_only)
+    return run_export(since=_history_since(args), start=args.start, end=args.end,
+                      broker=args.broker, prefix=args.topic_prefix, out=args.out,
+                      inputs_only=args.inputs_only)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from router.tools.simulate import run_simulate
 
-    return run_simulate(rules=args.rules, baseline=args.baseline, since=args.since,
+    return run_simulate(rules=args.rules, baseline=args.baseline, since=_history_since(args),
                         start=args.start, end=args.end, history_file=args.history,
                         broker=args.broker, prefix=args.topic_prefix, out=args.out,
                         as_json=args.json, workers=args.workers, quiet=args.quiet)
@@ -188,19 +189,32 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from router.tools.report import run_report
 
-    return run_report(since=args.since, start=args.start, end=args.end,
+    return run_report(since=_history_since(args), start=args.start, end=args.end,
                       history_file=args.history, broker=args.broker, prefix=args.topic_prefix,
                       out=args.out, as_json=args.json)
+
+
+def _history_since(args: argparse.Namespace) -> str | None:
+    """The --since to use: the command's default only when neither --since nor --from was
+    given, so `--from` alone works and `--since` with `--from` is still refused."""
+    since: str | None = args.since
+    if since is None and args.start is None:
+        default: str | None = args.default_since
+        return default
+    return since
 
 
 def _add_history_arguments(p: argparse.ArgumentParser, since: str | None) -> None:
     """The range and the source of a history, as `verify` names the broker and prefix."""
     import os
 
-    p.add_argument("--since", default=since, help=f"a duration such as 7d, 12h, 2w"
-                   f" (default: {since or 'everything'})")
+    # --since has no argparse default: one would always be "given" beside --from, and the
+    # range then refused as both; _history_since applies it when neither is on the line
+    p.add_argument("--since", default=None, help=f"a duration such as 7d, 12h, 2w"
+                   f" (default: {since or 'everything'} unless --from is given)")
     p.add_argument("--from", dest="start", default=None, help="start, RFC 3339 (instead of"
                    " --since)")
+    p.set_defaults(default_since=since)
     p.add_argument("--to", dest="end", default=None, help="end, RFC 3339 (default: now)")
     p.add_argument("--broker", default=os.environ.get("LEADROUTER_BROKER",
                                                       "kafka://127.0.0.1:9092"))

@@ -141,6 +141,33 @@ async def connect_admin(settings: Settings) -> AIOKafkaAdminClient:
             await asyncio.sleep(min(2.0, 0.2 * attempt))
 
 
+class NoController(BrokerUnreachable):
+    """The broker answered, but its metadata named no controller within the wait."""
+
+
+async def wait_for_controller(admin: AIOKafkaAdminClient, timeout: float, where: str,
+                              poll: float = 0.2) -> None:
+    """Refresh the admin client's metadata until it lists brokers and a controller.
+
+    aiokafka's create_topics sends to `cluster.controller` and fails with `'NoneType' object
+    has no attribute 'nodeId'` when it is None, which it is while a starting KRaft cluster
+    still answers Metadata with no brokers (aiokafka then keeps its previous, empty view)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        cluster = admin._client.cluster  # aiokafka's admin has no public view of its metadata
+        if cluster.brokers() and cluster.controller is not None:
+            return
+        if time.monotonic() >= deadline:
+            known = sorted(b.nodeId for b in cluster.brokers())
+            raise NoController(
+                f"the Kafka broker at {where} answered, but its metadata named no controller"
+                f" within {timeout:.0f} s (brokers known: {known or 'none'}), so no topic can"
+                " be created; check that the cluster's nodes have all started and formed a"
+                " quorum (their logs say \"Kafka Server started\")")
+        await admin._client.force_metadata_update()
+        await asyncio.sleep(poll)
+
+
 async def prepare_broker(settings: Settings, topics: Topics) -> tuple[BrokerIdentity, list[str]]:
     """Who the broker is (so the worker can switch on its workarounds), and the SPEC topics
     created because they did not exist yet."""
@@ -176,6 +203,7 @@ async def _ensure_topics(admin: AIOKafkaAdminClient, settings: Settings, topics:
         )
         for name in missing
     ]
+    await wait_for_controller(admin, settings.broker_wait_seconds, settings.broker)
     with contextlib.suppress(TopicAlreadyExistsError):  # another worker was faster
         await admin.create_topics(new)
     return missing

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
+import struct
+import threading
 from pathlib import Path
 
 import pytest
 
 from router.harness.brokers import BrokerError, KafkaBroker, kafka_jars, local_broker
-from router.harness.brokers.common import die_with_parent, free_ports
-from router.harness.brokers.kafka import min_heap, new_cluster_id
+from router.harness.brokers import kafka as kafka_launcher
+from router.harness.brokers.common import (
+    MetadataView,
+    broker_metadata,
+    die_with_parent,
+    free_ports,
+    metadata_request,
+    parse_metadata_response,
+)
+from router.harness.brokers.kafka import KafkaNode, metadata_not_ready, min_heap, new_cluster_id
 
 
 def test_every_pinned_version_has_a_checksum_list_with_the_broker_jar() -> None:
@@ -146,3 +157,133 @@ def test_a_cluster_never_gets_the_same_port_twice(tmp_path: Path) -> None:
         assert broker.members[0].port == broker.port
         shutil.rmtree(tmp_path / "c")
     assert len(set(free_ports(50))) == 50
+
+
+def kafka_string(text: str | None) -> bytes:
+    if text is None:
+        return struct.pack(">h", -1)
+    return struct.pack(">h", len(text)) + text.encode()
+
+
+def metadata_response_v4(correlation_id: int, brokers: list[int], controller: int) -> bytes:
+    """A Metadata v4 answer as a broker frames it (size prefix included), with no topics."""
+    body = struct.pack(">ii", correlation_id, 0) + struct.pack(">i", len(brokers))
+    for node_id in brokers:
+        rack = None if node_id % 2 else "rack-a"
+        body += (struct.pack(">i", node_id) + kafka_string("127.0.0.1")
+                 + struct.pack(">i", 9000 + node_id) + kafka_string(rack))
+    body += kafka_string("cluster-id") + struct.pack(">i", controller) + struct.pack(">i", 0)
+    return struct.pack(">i", len(body)) + body
+
+
+def test_a_metadata_answer_gives_its_brokers_and_controller() -> None:
+    payload = metadata_response_v4(11, [1, 2, 3], 2)[4:]
+    assert parse_metadata_response(payload, 11) == MetadataView(frozenset({1, 2, 3}), 2)
+    with pytest.raises(ValueError, match="not to this request"):
+        parse_metadata_response(payload, 12)
+    with pytest.raises(ValueError, match="truncated"):
+        parse_metadata_response(payload[:20], 11)
+
+
+def test_the_metadata_probe_asks_for_metadata_v4_without_topics() -> None:
+    frame = metadata_request(11)
+    (size,) = struct.unpack(">i", frame[:4])
+    assert size == len(frame) - 4
+    api_key, version, correlation_id = struct.unpack(">hhi", frame[4:12])
+    assert (api_key, version, correlation_id) == (3, 4, 11)
+    assert frame.endswith(struct.pack(">ib", 0, 0))  # no topics, no auto-creation
+
+
+def test_the_metadata_probe_reads_a_brokers_answer_over_a_socket() -> None:
+    """A fake broker on loopback answers one Metadata request: node 1's lagging view."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    received: list[bytes] = []
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            (size,) = struct.unpack(">i", conn.recv(4))
+            request = conn.recv(size)
+            received.append(request)
+            (correlation_id,) = struct.unpack(">i", request[4:8])
+            conn.sendall(metadata_response_v4(correlation_id, [1, 3], 3))
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        view = broker_metadata("127.0.0.1", port, timeout=5)
+    finally:
+        thread.join(5)
+        server.close()
+    assert view == MetadataView(frozenset({1, 3}), 3)
+    assert received and struct.unpack(">hh", received[0][:4]) == (3, 4)
+    assert broker_metadata("127.0.0.1", free_ports(1)[0], timeout=0.5) is None  # nobody there
+
+
+@pytest.mark.parametrize(("view", "missing"), [
+    (None, "does not answer Metadata"),
+    (MetadataView(frozenset(), -1), "brokers [] and controller -1"),
+    (MetadataView(frozenset({1, 3}), 3), "brokers [1, 3] and controller 3"),
+    (MetadataView(frozenset({1, 2, 3}), 7), "controller 7"),
+])
+def test_a_node_is_not_ready_until_its_metadata_lists_every_node_and_a_controller(
+    view: MetadataView | None, missing: str,
+) -> None:
+    reason = metadata_not_ready(view, frozenset({1, 2, 3}))
+    assert reason is not None and missing in reason
+    assert "waited for brokers [1, 2, 3] and a controller among them" in reason
+    ready = MetadataView(frozenset({1, 2, 3}), 2)
+    assert metadata_not_ready(ready, frozenset({1, 2, 3})) is None
+    assert metadata_not_ready(MetadataView(frozenset({1, 2}), 1), frozenset({2})) is None
+
+
+class RunningProcess:
+    returncode = None
+
+    def poll(self) -> None:
+        return None
+
+
+def started_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[KafkaNode]:
+    """Three nodes that logged their start and answer ApiVersions, without JVMs."""
+    monkeypatch.setattr(kafka_launcher, "answers_api_versions", lambda *a, **k: True)
+    nodes = []
+    for i in (1, 2, 3):
+        node = KafkaNode(i, "127.0.0.1", 9000 + i, 9100 + i, tmp_path / f"node-{i}")
+        node.root.mkdir()
+        node.log_path.write_text(kafka_launcher.STARTED_LINE + "\n")
+        node.process = RunningProcess()  # type: ignore[assignment]
+        nodes.append(node)
+    return nodes
+
+
+def test_a_cluster_start_waits_until_every_node_lists_all_brokers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    nodes = started_nodes(tmp_path, monkeypatch)
+    asked: list[int] = []
+
+    def metadata(host: str, port: int, timeout: float) -> MetadataView:
+        asked.append(port)
+        if len(asked) <= 4:  # node 1 lags for its first two answers
+            return MetadataView(frozenset({1, 3}) if port == 9001 else frozenset(), -1)
+        return MetadataView(frozenset({1, 2, 3}), 1)
+
+    monkeypatch.setattr(kafka_launcher, "broker_metadata", metadata)
+    KafkaBroker(nodes=3).wait_ready(nodes, timeout=10)
+    assert asked.count(9001) >= 2 and len(asked) >= 5
+
+
+def test_a_cluster_whose_metadata_never_fills_says_what_it_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    nodes = started_nodes(tmp_path, monkeypatch)
+    monkeypatch.setattr(kafka_launcher, "broker_metadata",
+                        lambda host, port, timeout: MetadataView(frozenset({1, 3}), 3))
+    with pytest.raises(BrokerError) as caught:
+        KafkaBroker(nodes=3).wait_ready(nodes, timeout=0.3)
+    message = str(caught.value)
+    assert "Kafka node(s) [1, 2, 3] not ready within 0 s" in message
+    assert ("node 2 answers Metadata with brokers [1, 3] and controller 3 (waited for"
+            " brokers [1, 2, 3] and a controller among them)") in message

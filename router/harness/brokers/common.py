@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -92,6 +93,85 @@ def answers_api_versions(host: str, port: int, timeout: float = 2.0) -> bool:
         return False
     correlation_id, error_code = struct.unpack(">ih", payload[:6])
     return bool(correlation_id == 7 and error_code == 0)
+
+
+@dataclass(frozen=True)
+class MetadataView:
+    """The broker ids and the controller id one broker puts in its Metadata answer."""
+
+    brokers: frozenset[int]
+    controller: int
+
+    def lists(self, expected: frozenset[int]) -> bool:
+        """True when every expected broker is listed and the controller is one of those
+        listed: what an admin client needs to send CreateTopics (aiokafka's admin looks the
+        controller up among the brokers and fails on `None.nodeId` when it is not there)."""
+        return expected <= self.brokers and self.controller in self.brokers
+
+    def describe(self) -> str:
+        return f"brokers {sorted(self.brokers)} and controller {self.controller}"
+
+
+def metadata_request(correlation_id: int, client_id: bytes = b"leadrouter-probe") -> bytes:
+    """A framed Metadata v4 request for no topics (v4: Kafka 3.x and 4.x both answer it)."""
+    # request header v1: api_key=3 (Metadata), api_version=4, correlation_id, client_id;
+    # body: topics = empty array (no topics, brokers and controller only), no auto-create
+    body = (struct.pack(">hhih", 3, 4, correlation_id, len(client_id)) + client_id
+            + struct.pack(">ib", 0, 0))
+    return struct.pack(">i", len(body)) + body
+
+
+def parse_metadata_response(payload: bytes, correlation_id: int) -> MetadataView:
+    """The brokers and controller of a Metadata v4 response (without its size prefix).
+
+    Raises ValueError on a frame that is not the answer to `correlation_id`."""
+    offset = 0
+
+    def take(fmt: str) -> int:
+        nonlocal offset
+        (value,) = struct.unpack_from(fmt, payload, offset)
+        offset += struct.calcsize(fmt)
+        return int(value)
+
+    def skip_string() -> None:
+        nonlocal offset
+        length = take(">h")
+        offset += max(length, 0)  # -1: a null string
+
+    try:
+        if take(">i") != correlation_id:
+            raise ValueError("the answer is not to this request")
+        take(">i")  # throttle_time_ms
+        brokers = set()
+        for _ in range(take(">i")):
+            brokers.add(take(">i"))  # node_id
+            skip_string()  # host
+            take(">i")  # port
+            skip_string()  # rack
+        skip_string()  # cluster_id
+        controller = take(">i")
+    except struct.error as exc:
+        raise ValueError(f"a truncated Metadata response: {exc}") from None
+    return MetadataView(frozenset(brokers), controller)
+
+
+def broker_metadata(host: str, port: int, timeout: float = 2.0) -> MetadataView | None:
+    """What host:port answers a Metadata request with, or None when it does not answer.
+
+    A KRaft broker that logged "Kafka Server started" and answers ApiVersions may still
+    answer Metadata with no brokers, or without the ones that registered last, for a moment:
+    its copy of the metadata log lags the controller's. A client bootstrapping then knows no
+    controller, and aiokafka's create_topics fails with an AttributeError."""
+    correlation_id = 11
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(metadata_request(correlation_id))
+            (size,) = struct.unpack(">i", _read_exactly(s, 4))
+            payload = _read_exactly(s, size)
+        return parse_metadata_response(payload, correlation_id)
+    except (OSError, ValueError):
+        return None
 
 
 def _read_exactly(s: socket.socket, n: int) -> bytes:

@@ -22,7 +22,9 @@ from pathlib import Path
 
 from router.harness.brokers.common import (
     BrokerError,
+    MetadataView,
     answers_api_versions,
+    broker_metadata,
     die_with_parent,
     free_ports,
 )
@@ -302,8 +304,16 @@ class KafkaBroker:
             )
 
     def wait_ready(self, nodes: list[KafkaNode], timeout: float) -> None:
+        """Wait until each of `nodes` has started, answers ApiVersions, and lists all of
+        `nodes` and a controller in its Metadata answer. The last is what a client that
+        connects right after needs: a KRaft node logs "Kafka Server started" while its copy
+        of the metadata may still lack brokers (seen: node 1 listing only 1 and 3), and an
+        aiokafka admin that bootstraps from an empty list knows no controller, so its
+        create_topics fails with `'NoneType' object has no attribute 'nodeId'`."""
         deadline = time.monotonic() + timeout
+        expected = frozenset(n.node_id for n in nodes)
         pending = list(nodes)
+        waiting_for: dict[int, str] = {}
         while pending:
             for node in list(pending):
                 if node.process is None or node.process.poll() is not None:
@@ -311,14 +321,30 @@ class KafkaBroker:
                     raise BrokerError(
                         f"Kafka node {node.node_id} exited with code {code} while starting;"
                         f" the end of {node.log_path}:\n{node.log_tail()}")
-                if node.started() and answers_api_versions(node.host, node.port, 1.0):
+                reason = self._not_ready(node, expected)
+                if reason is None:
                     pending.remove(node)
+                else:
+                    waiting_for[node.node_id] = reason
             if pending and time.monotonic() > deadline:
                 ids = [n.node_id for n in pending]
-                raise BrokerError(f"Kafka node(s) {ids} not ready within {timeout:.0f} s; the"
-                                  f" end of {pending[0].log_path}:\n{pending[0].log_tail()}")
+                reasons = "; ".join(f"node {n.node_id} {waiting_for[n.node_id]}"
+                                    for n in pending)
+                raise BrokerError(f"Kafka node(s) {ids} not ready within {timeout:.0f} s"
+                                  f" ({reasons}); the end of {pending[0].log_path}:\n"
+                                  f"{pending[0].log_tail()}")
             if pending:
                 time.sleep(0.2)
+
+    @staticmethod
+    def _not_ready(node: KafkaNode, expected: frozenset[int]) -> str | None:
+        """None when `node` is ready, else what it is still waited for (for the error)."""
+        if not node.started():
+            return f"has not logged {STARTED_LINE!r}"
+        if not answers_api_versions(node.host, node.port, 1.0):
+            return "does not answer ApiVersions"
+        view = broker_metadata(node.host, node.port, 1.0)
+        return metadata_not_ready(view, expected)
 
     @staticmethod
     def _reap(node: KafkaNode, timeout: float) -> None:
@@ -331,6 +357,17 @@ class KafkaBroker:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait(10)
+
+
+def metadata_not_ready(view: MetadataView | None, expected: frozenset[int]) -> str | None:
+    """None when a node's Metadata answer lists the `expected` brokers and a controller among
+    them, else what is missing, worded for the error a timed-out start raises."""
+    wanted = f"brokers {sorted(expected)} and a controller among them"
+    if view is None:
+        return f"does not answer Metadata (waited for {wanted})"
+    if view.lists(expected):
+        return None
+    return f"answers Metadata with {view.describe()} (waited for {wanted})"
 
 
 def new_cluster_id() -> str:
