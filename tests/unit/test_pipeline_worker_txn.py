@@ -102,10 +102,10 @@ async def test_batches_decided_during_a_commit_join_the_next_transaction() -> No
     assert w.calls.index("send out.routing") > w.calls.index("commit")
 
 
-async def test_records_held_for_a_committed_task_join_the_transaction_waiting_to_begin(
-        ) -> None:
-    # leads 0 commits; routing 0 is decided meanwhile; leads 0's next records wait (held).
-    # Once leads 0 has committed, its next batch joins routing's transaction, not a third one
+async def committed_with_records_held(
+        ) -> tuple[Worker, list[asyncio.Task[bool]], list[asyncio.Task[bool]]]:
+    """leads 0 commits; routing 0 is decided meanwhile; leads 0's next records wait (held);
+    then leads 0's commit is let through."""
     w = Worker()
     gate = asyncio.Event()
     w.prepare = lambda p: setattr(p, "commit_gate", gate)
@@ -114,6 +114,13 @@ async def test_records_held_for_a_committed_task_join_the_transaction_waiting_to
     second = w.txns.start([w.decision(ROUTING_0, 9)])
     w.txns.held = {TP: ["the next record of leads 0"]}
     gate.set()
+    return w, first, second
+
+
+async def test_records_held_for_a_committed_task_join_the_transaction_waiting_to_begin(
+        ) -> None:
+    # once leads 0 has committed, its next batch joins routing's transaction, not a third one
+    w, first, second = await committed_with_records_held()
     assert await asyncio.gather(*first) == [True]
     await asyncio.sleep(0.01)
     assert w.calls.count("begin") == 1  # routing's transaction waits for the loop
@@ -126,14 +133,7 @@ async def test_records_held_for_a_committed_task_join_the_transaction_waiting_to
 
 
 async def test_a_transaction_waiting_for_the_loop_still_begins_when_drained() -> None:
-    w = Worker()
-    gate = asyncio.Event()
-    w.prepare = lambda p: setattr(p, "commit_gate", gate)
-    first = w.txns.start([w.decision(LEADS_0, 5)])
-    await asyncio.sleep(0.01)
-    second = w.txns.start([w.decision(ROUTING_0, 9)])
-    w.txns.held = {TP: ["the next record of leads 0"]}
-    gate.set()
+    w, first, second = await committed_with_records_held()
     await asyncio.wait_for(w.txns.drain(), 5)  # a revocation: every commit settles
     assert [c.result() for c in (*first, *second)] == [True, True]
     assert w.txns.held == {} and w.calls.count("commit") == 2
