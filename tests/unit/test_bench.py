@@ -194,6 +194,9 @@ def test_the_routing_ceiling_names_the_touchpoint_rate_it_caps() -> None:
     assert r["routing_bottleneck_touchpoints_per_s"] == 30_000.0
     table = render_table(r)
     assert "900 /s" in table and "30,000 ev/s" in table
+    # no SQL read back: the ceiling alone, and the table still renders
+    table = render_table(_result(routing_sql_per_s=900.0, sql_per_touchpoint=0.0))
+    assert "900 /s" in table and "the bottleneck from" not in table
 
 
 def test_render_table_shows_figures_ratios_and_verdicts() -> None:

@@ -146,8 +146,9 @@ def render_table(result: dict[str, Any]) -> str:
     if r.get("routing_sql_per_s"):
         rows.append(("routing stage (one partition), SQLs routed",
                      f"{r['routing_sql_per_s']:>10,.0f} /s", ""))
-        rows.append(("  ... the bottleneck from this touchpoint rate on",
-                     f"{r['routing_bottleneck_touchpoints_per_s']:>10,.0f} ev/s", ""))
+        if "routing_bottleneck_touchpoints_per_s" in r:  # not when no SQL was read back
+            rows.append(("  ... the bottleneck from this touchpoint rate on",
+                         f"{r['routing_bottleneck_touchpoints_per_s']:>10,.0f} ev/s", ""))
     for phase, label in (("r1", "1 worker"), ("r2", "2 workers")):
         if f"{phase}_broker_cpu_cores" in r:
             rows.append((f"CPU in use, {label}: router / broker",
