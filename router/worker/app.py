@@ -64,7 +64,7 @@ from router.worker.pipeline.assignor import CoPartitionedAssignor
 from router.worker.pipeline.core import LEADS, ROUTING
 from router.worker.pipeline.processor import PartitionProcessor
 from router.worker.pipeline.stage import StageSpec
-from router.worker.pipeline.store import PartitionStore
+from router.worker.pipeline.store import StateView
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +159,11 @@ class RouterApp:
 
     # ---- the stages' handlers (pure decisions; the processor writes them) --------------------
 
-    def _leads(self, partition: int, records: list[Record], store: PartitionStore,
+    def _leads(self, partition: int, records: list[Record], store: StateView,
                now: datetime) -> StageResult:
         return self.leads.process(records, now, store.get)
 
-    def _route(self, partition: int, records: list[Record], store: PartitionStore,
+    def _route(self, partition: int, records: list[Record], store: StateView,
                now: datetime) -> StageResult:
         return self.routing.process(records, now, lambda: dict(store.items()))
 

@@ -52,6 +52,8 @@ class FakeProducer:
         self.stopped = False
         self.ack: asyncio.Future[Meta] | None = None  # set: the outputs' ack waits for it
         self.commit_gate: asyncio.Event | None = None  # set: commit waits for it
+        self.start_gate: asyncio.Event | None = None  # set: start waits for it
+        self.fail_commit_once: BaseException | None = None  # set: the next commit raises it
 
     async def begin_transaction(self) -> None:
         self.calls.append("begin")
@@ -92,6 +94,9 @@ class FakeProducer:
         self.calls.append("commit")
         if self.fail_commit is not None:
             raise self.fail_commit
+        if self.fail_commit_once is not None:
+            failure, self.fail_commit_once = self.fail_commit_once, None
+            raise failure
 
     async def abort_transaction(self) -> None:
         self.calls.append("abort")
@@ -99,6 +104,8 @@ class FakeProducer:
             raise KafkaTimeoutError()
 
     async def start(self) -> None:
+        if self.start_gate is not None:
+            await self.start_gate.wait()
         self.started = True
 
     async def stop(self) -> None:

@@ -1,8 +1,9 @@
 """One transaction per worker (router/worker/pipeline/worker_txn.py) with fake producers (no
 broker): the tasks decided together commit in one transaction, each task's state only after
 it; batches decided while a transaction commits join the next one, never a second one beside
-it; a refused generation, an abort, an unknown outcome and a fenced producer each reach every
-task of the transaction, and none reaches a store. The real broker runs in
+it, and read the writes not yet committed (a failed transaction drops them); a refused
+generation, an abort, an unknown outcome and a fenced producer each reach every task of the
+transaction, and none reaches a store. The real broker runs in
 tests/integration/test_exactly_once.py (both commit scopes) and test_kip447.py (the fencing)."""
 
 from __future__ import annotations
@@ -102,40 +103,89 @@ async def test_batches_decided_during_a_commit_join_the_next_transaction() -> No
     assert w.calls.index("send out.routing") > w.calls.index("commit")
 
 
-async def committed_with_records_held(
-        ) -> tuple[Worker, list[asyncio.Task[bool]], list[asyncio.Task[bool]]]:
-    """leads 0 commits; routing 0 is decided meanwhile; leads 0's next records wait (held);
-    then leads 0's commit is let through."""
+async def test_a_task_decided_during_its_own_commit_reads_its_pending_writes() -> None:
     w = Worker()
     gate = asyncio.Event()
     w.prepare = lambda p: setattr(p, "commit_gate", gate)
+    first = w.txns.start([w.decision(LEADS_0, 5)], records=1)
+    await asyncio.sleep(0.01)
+    task = w.core.tasks[LEADS_0]
+    store = w.stores[LEADS_0]
+    # not committed: the store has nothing, the task's next batch sees the pending write
+    assert store.get(b"k") is None
+    assert w.txns.view(LEADS_0, store).get(b"k") == b"leads@5"
+    assert task.positions[TP] == 5 and w.txns.positions(task)[TP] == 6
+    assert w.txns.admit({TP: ["the next record of leads 0"]}) == {
+        TP: ["the next record of leads 0"]}  # decided now, not held for the commit
+    second = w.txns.start([w.decision(LEADS_0, 6)], records=1)
+    assert w.txns.view(LEADS_0, store).get(b"k") == b"leads@6"
+    await asyncio.sleep(0.01)
+    assert w.calls.count("begin") == 1  # it joins the next transaction, not one beside
+    gate.set()
+    assert await asyncio.gather(*first, *second) == [True, True]
+    assert w.calls.count("begin") == 2 and w.calls.count("commit") == 2
+    assert store.get(b"k") == b"leads@6" and task.positions[TP] == 7
+    assert w.txns.view(LEADS_0, store) is store  # nothing pending any more
+
+
+async def test_a_failed_transaction_drops_the_later_batches_decided_on_it() -> None:
+    w = Worker()
+    gate = asyncio.Event()
+    def first_fails(producer: FakeProducer) -> None:  # once: the producer stays usable
+        producer.commit_gate, producer.fail_commit_once = gate, KafkaTimeoutError()
+
+    w.prepare = first_fails
     first = w.txns.start([w.decision(LEADS_0, 5)])
     await asyncio.sleep(0.01)
-    second = w.txns.start([w.decision(ROUTING_0, 9)])
-    w.txns.held = {TP: ["the next record of leads 0"]}
+    # decided on leads 0's uncommitted write; routing 0 on its own store
+    later = w.txns.start([w.decision(LEADS_0, 6), w.decision(ROUTING_0, 9)])
     gate.set()
-    return w, first, second
+    assert await asyncio.gather(*first, *later) == [False, False, True]
+    assert [(t, r) for t, _e, r in w.control.rewound] == [(LEADS_0, "aborted")]
+    # leads 0's later batch never reached the broker; routing's did, in the next transaction
+    assert w.calls.count("send out.leads") == 1 and w.calls.count("send out.routing") == 1
+    assert w.calls.index("send out.routing") > w.calls.index("abort")
+    assert w.stores[LEADS_0].get(b"k") is None and w.core.tasks[LEADS_0].positions[TP] == 5
+    assert w.txns.view(LEADS_0, w.stores[LEADS_0]) is w.stores[LEADS_0]
+    assert w.stores[ROUTING_0].get(b"k") == b"routing@9"
 
 
-async def test_records_held_for_a_committed_task_join_the_transaction_waiting_to_begin(
-        ) -> None:
-    # once leads 0 has committed, its next batch joins routing's transaction, not a third one
-    w, first, second = await committed_with_records_held()
-    assert await asyncio.gather(*first) == [True]
+async def test_records_of_a_task_whose_outcome_is_unknown_wait_until_it_is_reset() -> None:
+    w = Worker()
+    replaced = asyncio.Event()
+    def unknown_then_slow(producer: FakeProducer) -> None:
+        if not w.producers:  # the first producer's commit and abort fail
+            producer.fail_commit, producer.fail_abort = KafkaTimeoutError(), True
+        else:  # its replacement settles the open transaction, slowly
+            producer.start_gate = replaced
+
+    w.prepare = unknown_then_slow
+    first = w.txns.start([w.decision(LEADS_0, 5)])
     await asyncio.sleep(0.01)
-    assert w.calls.count("begin") == 1  # routing's transaction waits for the loop
-    assert w.txns.admit({}) == {TP: ["the next record of leads 0"]}
-    third = w.txns.start([w.decision(LEADS_0, 6)])
-    assert await asyncio.gather(*second, *third) == [True, True]
-    assert w.calls.count("begin") == 2 and w.calls.count("commit") == 2
-    assert w.calls.index("send out.routing") < w.calls.index("commit", w.calls.index("begin", 1))
-    assert w.stores[LEADS_0].get(b"k") == b"leads@6"
+    assert len(w.producers) == 2 and not first[0].done()
+    # the store may be behind what the broker holds now: nothing is decided on it
+    assert w.txns.admit({TP: ["a record fetched meanwhile"]}) == {}
+    replaced.set()
+    assert await asyncio.gather(*first) == [False]
+    assert [(t, r) for t, _e, r, _w in w.control.abandoned] == [(LEADS_0, "commit_unknown")]
+    assert w.txns.admit({}) == {}  # the held record is dropped: the task is initialised again
+    assert w.txns.held == {}
 
 
-async def test_a_transaction_waiting_for_the_loop_still_begins_when_drained() -> None:
-    w, first, second = await committed_with_records_held()
-    await asyncio.wait_for(w.txns.drain(), 5)  # a revocation: every commit settles
-    assert [c.result() for c in (*first, *second)] == [True, True]
+async def test_a_full_next_transaction_makes_the_loop_wait_for_the_running_one() -> None:
+    w = Worker()
+    gate = asyncio.Event()
+    w.prepare = lambda p: setattr(p, "commit_gate", gate)
+    first = w.txns.start([w.decision(LEADS_0, 5)], records=1)
+    await asyncio.sleep(0.01)
+    second = w.txns.start([w.decision(ROUTING_0, 9)], records=2)  # batch 1 x 2 tasks
+    waiting = asyncio.create_task(w.txns.wait_for_room(batch_size=1))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    gate.set()
+    await asyncio.wait_for(waiting, 5)
+    assert await asyncio.gather(*first, *second) == [True, True]
+    await asyncio.wait_for(w.txns.drain(), 5)
     assert w.txns.held == {} and w.calls.count("commit") == 2
 
 

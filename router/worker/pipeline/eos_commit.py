@@ -40,10 +40,10 @@ from router.worker.pipeline.commit import (
     last_offset,
     send_changelog,
 )
-from router.worker.pipeline.core import Ownership, Phase, TaskId
+from router.worker.pipeline.core import Ownership, Phase, Task, TaskId
 from router.worker.pipeline.loggers import trace, trace_commit
 from router.worker.pipeline.stage import Decision, StageSpec
-from router.worker.pipeline.store import PartitionStore
+from router.worker.pipeline.store import PartitionStore, StateView
 from router.worker.pipeline.txn_tuning import TxnTuning
 
 FENCED = (ProducerFenced, InvalidProducerEpoch)
@@ -68,7 +68,7 @@ class ExactlyOnceCommits:
         self.control = control
         # each task's commit in flight (True: committed and applied), and the records fetched
         # meanwhile for those tasks (decided once their commit is known)
-        self.inflight: dict[TaskId, asyncio.Task[bool]] = {}
+        self.inflight: dict[TaskId, asyncio.Future[bool]] = {}
         self.held: dict[TopicPartition, list[Any]] = {}
         # at most this many transactions at once (txn_tuning: max_concurrent_commits); the
         # others wait here, their tasks' records held as for any commit in flight
@@ -108,7 +108,7 @@ class ExactlyOnceCommits:
             owner = self.core.task_of(tp) if tp.topic in self.core.stage_of_topic else None
             if owner in failed:
                 continue
-            if owner in self.inflight:
+            if owner is not None and self.holds_records_of(owner):
                 self.held[tp] = rs
             else:
                 ready[tp] = rs
@@ -119,12 +119,29 @@ class ExactlyOnceCommits:
                     self.control.seek(task)
         return ready
 
+    def holds_records_of(self, task_id: TaskId) -> bool:
+        return task_id in self.inflight  # its next batch needs the store this commit writes
+
+    def view(self, task_id: TaskId, store: StateView) -> StateView:
+        """What the task's next batch reads: its store (nothing uncommitted is decided on)."""
+        return store
+
+    def positions(self, task: Task) -> dict[TopicPartition, int]:
+        """Where the task's next batch starts."""
+        return task.positions
+
+    async def wait_for_room(self, batch_size: int) -> None:
+        """The broker is behind (many records held for the commits in flight): wait for one."""
+        if sum(len(rs) for rs in self.held.values()) > batch_size * 4 and self.inflight:
+            self.flush()
+            await asyncio.wait(self.inflight.values(), return_when=asyncio.FIRST_COMPLETED)
+
     def flush(self) -> None:
         """Nothing waits to begin here: each task's transaction begins when it is decided."""
 
-    def start(self, decided: list[Decision]) -> list[asyncio.Task[bool]]:
+    def start(self, decided: list[Decision], records: int = 0) -> list[asyncio.Future[bool]]:
         """One commit per task, each running beside the loop from now on."""
-        commits = []
+        commits: list[asyncio.Future[bool]] = []
         for d in decided:
             commit = asyncio.create_task(self.transact(*d))
             self.inflight[d[0]] = commit

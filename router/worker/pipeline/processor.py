@@ -17,7 +17,8 @@ Loop (one coroutine decides; with exactly-once a task's commit runs beside the l
         consumed offsets (send_offsets_to_transaction, the group's commit) -> commit
      and only then write the local store and advance the positions; the commit runs beside
      the loop, and a task's next batch is decided once its commit is known (eos_commit.py
-     has the order, the overlap and the outcomes);
+     has the order, the overlap and the outcomes). With one transaction per worker the
+     next batch is decided at once, on the writes not yet committed (pending.py);
   4'. at-least-once (Tansu): outputs sent and acked, then the changelog records acked, then
      the local store written, then the offsets committed (alo_commit.py).
 
@@ -305,9 +306,7 @@ class PartitionProcessor:
 
     async def _process(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         started = time.perf_counter()
-        if sum(len(rs) for rs in self.eos.held.values()) > self.settings.batch_size * 4:
-            self.eos.flush()  # the broker is behind: wait for a commit
-            await asyncio.wait(self.eos.inflight.values(), return_when=asyncio.FIRST_COMPLETED)
+        await self.eos.wait_for_room(self.settings.batch_size)  # the broker may be behind
         if self.eos.inflight or self.eos.held:
             fetched = self.eos.admit(fetched)
         by_task = self.core.split(fetched)
@@ -318,7 +317,9 @@ class PartitionProcessor:
         count = 0
         decided: list[Decision] = []
         for task_id, (epoch, batch) in by_task.items():
-            store = self.stores[task_id]
+            # the store, and with one transaction per worker the task's writes not yet
+            # committed over it (pending.py)
+            store = self.eos.view(task_id, self.stores[task_id])
             records = [Record(r.topic, r.partition, r.offset, r.key, r.value)
                        for _tp, rs in batch for r in rs]
             count += len(records)
@@ -330,7 +331,7 @@ class PartitionProcessor:
                     "ranges": {tp_name(tp): f"{rs[0].offset}-{rs[-1].offset}/{len(rs)}"
                                for tp, rs in batch}})
             task = self.core.tasks[task_id]
-            inputs = {tp.topic: o for tp, o in {**task.positions, **offsets}.items()}
+            inputs = {tp.topic: o for tp, o in {**self.eos.positions(task), **offsets}.items()}
             result.writes.append((INPUT_OFFSETS, encode_offsets(inputs)))
             decided.append((task_id, epoch, offsets, result))
         handled = time.perf_counter()
@@ -341,7 +342,7 @@ class PartitionProcessor:
                     oldest[tp.topic] = min(oldest.get(tp.topic, rs[0].timestamp),
                                            rs[0].timestamp)
         if self.exactly_once:
-            commits = self.eos.start(decided)  # eos_commit.py: the transactions
+            commits = self.eos.start(decided, count)  # eos_commit.py, worker_txn.py
             timer = asyncio.create_task(self._time_batch(started, handled, oldest, count,
                                                          commits))
             self._batch_timers.add(timer)
@@ -354,7 +355,7 @@ class PartitionProcessor:
 
     async def _time_batch(self, started: float, handled: float, oldest: dict[str, int],
                           count: int,
-                          commits: Sequence[asyncio.Task[bool]]) -> None:
+                          commits: Sequence[asyncio.Future[bool]]) -> None:
         handled_wall = time.time() * 1000 - (time.perf_counter() - handled) * 1000
         if commits:
             await asyncio.wait(commits)

@@ -13,9 +13,9 @@ from aiokafka.structs import TopicPartition
 
 from router.records import Record, StageResult
 from router.worker.pipeline.core import TaskId
-from router.worker.pipeline.store import PartitionStore
+from router.worker.pipeline.store import StateView
 
-Handler = Callable[[int, list[Record], PartitionStore, datetime], StageResult]
+Handler = Callable[[int, list[Record], StateView, datetime], StageResult]
 
 # one task's decided batch, as the loop hands it to a commit protocol: the task, the epoch it
 # was decided under, the next offset of each input partition, and what the handler decided

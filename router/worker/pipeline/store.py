@@ -9,7 +9,7 @@ collide with them (keys of state are lead ids, always valid UTF-8):
                  restart on the same data dir replays only the changelog after it
 
 State is written only after the batch is committed (processor.py): a store never holds a write
-whose transaction could still abort.
+whose transaction could still abort (a task's next batch reads those through pending.py).
 """
 
 from __future__ import annotations
@@ -40,11 +40,16 @@ def decode_offsets(raw: bytes | None) -> dict[str, int]:
     return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
-class PartitionStore(Protocol):
+class StateView(Protocol):
+    """What a stage's handler reads: a store, or a store with the writes its task decided
+    and has not committed yet over it (pending.py)."""
+
     def get(self, key: bytes) -> bytes | None: ...
 
     def items(self) -> Iterator[tuple[bytes, bytes]]: ...
 
+
+class PartitionStore(StateView, Protocol):
     def write(self, writes: Iterable[tuple[bytes, bytes | None]],
               changelog_offset: int | None) -> None: ...
 

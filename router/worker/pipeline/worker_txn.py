@@ -15,8 +15,14 @@ zombie's offsets and its transaction can only abort; the new owner fetches offse
 require_stable, which waits for any transaction still holding offsets of its partitions, and
 its restore reads the changelog until the input offsets it carries reach those (restore.py).
 
-What is shared with a producer per task (eos_commit.py): the records held for a task whose
-commit is in flight, the failed-commit seek back (`admit`), and `drain`.
+The loop does not wait for a transaction to decide the next batch of its tasks: that batch
+reads the writes not yet committed (pending.py) and joins the next transaction, which begins
+as the running one ends. When a transaction fails, its tasks' later batches are dropped with
+it before the next one begins, and the tasks' records are held until they are rewound or
+reset (`_fail`, `_settle`).
+
+What is shared with a producer per task (eos_commit.py): the records held, the failed-commit
+seek back (`admit`), and `drain`.
 """
 
 from __future__ import annotations
@@ -36,11 +42,12 @@ from aiokafka.structs import TopicPartition
 
 from router.worker.pipeline import kip447
 from router.worker.pipeline.commit import TaskControl, last_offset, send_changelog, stop_producer
-from router.worker.pipeline.core import Ownership, TaskId
+from router.worker.pipeline.core import Ownership, Task, TaskId
 from router.worker.pipeline.eos_commit import FENCED, ExactlyOnceCommits, StepClock, abort
 from router.worker.pipeline.loggers import trace, trace_commit
+from router.worker.pipeline.pending import PendingWrites
 from router.worker.pipeline.stage import Decision, StageSpec
-from router.worker.pipeline.store import PartitionStore
+from router.worker.pipeline.store import PartitionStore, StateView
 from router.worker.pipeline.txn_tuning import TxnTuning
 
 _PRODUCERS = itertools.count(1)
@@ -55,13 +62,14 @@ def worker_transactional_id(app_id: str) -> str:
 
 @dataclass(slots=True)
 class _Transaction:
-    """The decided batches of one transaction; open to more until it begins."""
+    """The decided batches of one transaction, open to more until it begins, and each task's
+    outcome in it (True: committed and applied to the task's store and positions)."""
 
     decisions: list[Decision] = field(default_factory=list)
+    outcomes: dict[TaskId, asyncio.Future[bool]] = field(default_factory=dict)
+    records: int = 0  # input records decided into it
     clock: StepClock | None = field(
         default_factory=lambda: StepClock() if trace.isEnabledFor(logging.DEBUG) else None)
-    outcome: asyncio.Future[dict[TaskId, bool]] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class WorkerTransactions(ExactlyOnceCommits):
@@ -78,38 +86,64 @@ class WorkerTransactions(ExactlyOnceCommits):
         self.producer: AIOKafkaProducer | None = None
         self._next: _Transaction | None = None  # open to more batches until it begins
         self._running: asyncio.Task[None] | None = None  # the one transaction committing
+        self.pending = PendingWrites()  # decided, not yet committed: what the next batch reads
+        # tasks whose transaction failed, until they are rewound or reset: their outcomes
+        self._settling: dict[TaskId, list[asyncio.Future[bool]]] = {}
 
-    def start(self, decided: list[Decision]) -> list[asyncio.Task[bool]]:
-        """The batches join the transaction that begins next (one runs at a time)."""
+    def start(self, decided: list[Decision], records: int = 0) -> list[asyncio.Future[bool]]:
+        """The batches join the transaction that begins next (one runs at a time); a task's
+        next batch is decided on top of them (pending.py) instead of waiting for them."""
         if not decided:
             return []
         txn = self._next
         if txn is None:
             txn = self._next = _Transaction()
         txn.decisions.extend(decided)
+        txn.records += records
         commits = []
-        for d in decided:
-            commit = asyncio.create_task(_outcome_of(txn, d[0]))
-            self.inflight[d[0]] = commit
-            commits.append(commit)
+        for task_id, _epoch, offsets, result in decided:
+            outcome = txn.outcomes.get(task_id)
+            if outcome is None:
+                outcome = txn.outcomes[task_id] = asyncio.get_running_loop().create_future()
+            self.inflight[task_id] = outcome
+            self.pending.add(task_id, offsets, result.writes)
+            commits.append(outcome)
         self.flush()
         return commits
 
     def flush(self) -> None:
-        """Begin the next transaction, unless one is running. The loop calls this after each
-        batch: once a transaction has committed, the records held for its tasks are decided
-        first and join the next one, rather than waiting for a transaction of the other
-        tasks to commit and then for one of their own."""
+        """Begin the next transaction, unless one is running (it then begins as that one
+        ends)."""
         if self._running is not None or self._next is None:
             return
         txn, self._next = self._next, None  # from here on, decisions join the next one
         self._running = asyncio.create_task(self._run(txn))
+
+    def holds_records_of(self, task_id: TaskId) -> bool:
+        # a task's next batch reads its pending writes instead of waiting for them, unless
+        # its transaction just failed
+        return task_id in self._settling
+
+    def view(self, task_id: TaskId, store: StateView) -> StateView:
+        return self.pending.view(task_id, store)
+
+    def positions(self, task: Task) -> dict[TopicPartition, int]:
+        return self.pending.positions(task.id, task.positions)
+
+    async def wait_for_room(self, batch_size: int) -> None:
+        """The broker is behind: the transaction waiting to begin holds as many records as
+        one fetch brings, so wait for the one running (memory stays bounded)."""
+        limit = batch_size * max(1, len(self.core.tasks))
+        while (self._next is not None and self._next.records >= limit
+               and self._running is not None):
+            await asyncio.wait([self._running])
 
     async def drain(self) -> None:
         while self._running is not None or self._next is not None:
             self.flush()
             if self._running is not None:
                 await asyncio.wait([self._running])
+        self.pending.clear()
         await super().drain()
 
     async def stop(self) -> None:
@@ -121,18 +155,47 @@ class WorkerTransactions(ExactlyOnceCommits):
         if txn.clock:
             txn.clock.step("wait")  # since its first batch was decided
         try:
-            outcome = await self._transact_all(txn.decisions, txn.clock)
+            if txn.decisions:  # else every task of it failed before it began
+                await self._transact_all(txn)
         except asyncio.CancelledError:  # the worker is stopping
-            txn.outcome.cancel()
+            for outcome in txn.outcomes.values():
+                outcome.cancel()
             raise
         except BaseException as exc:  # a bug: every task of it must still learn its fate
-            txn.outcome.set_exception(exc)
+            self._fail(txn, list(txn.outcomes))
+            self._settle(exc)
             raise
         finally:
             self._running = None
-        txn.outcome.set_result(outcome)
-        if not any(self.core.task_of(tp) in outcome for tp in self.held):
-            self.flush()  # else the loop decides those records first, then flushes
+        self._settle()
+        self.flush()
+
+    def _fail(self, txn: _Transaction, task_ids: list[TaskId]) -> None:
+        """These tasks' batches in `txn` are not applied: neither are their later batches,
+        decided on top of them (dropped from the next transaction before it begins). Their
+        records are held from now until the tasks are rewound or reset (`_settle`), so the
+        loop decides nothing for them on the dropped writes, nor on a store that the
+        transaction's unknown outcome may have left behind."""
+        later = self._next
+        for task_id in task_ids:
+            self.pending.drop(task_id)
+            outcomes = self._settling.setdefault(task_id, [])
+            if task_id in txn.outcomes:
+                outcomes.append(txn.outcomes[task_id])
+            if later is not None and task_id in later.outcomes:
+                later.decisions = [d for d in later.decisions if d[0] != task_id]
+                outcomes.append(later.outcomes.pop(task_id))
+
+    def _settle(self, exc: BaseException | None = None) -> None:
+        """The failed tasks are rewound or reset: their outcomes are known (False)."""
+        settling, self._settling = self._settling, {}
+        for outcomes in settling.values():
+            for outcome in outcomes:
+                if not outcome.done():
+                    if exc is None:
+                        outcome.set_result(False)
+                    else:
+                        outcome.set_exception(exc)
 
     async def _ready_producer(self) -> AIOKafkaProducer:
         if self.producer is None:
@@ -145,9 +208,8 @@ class WorkerTransactions(ExactlyOnceCommits):
             self.producer = producer
         return self.producer
 
-    async def _transact_all(self, decisions: list[Decision],
-                            clock: StepClock | None) -> dict[TaskId, bool]:
-        outcome = dict.fromkeys((d[0] for d in decisions), False)
+    async def _transact_all(self, txn: _Transaction) -> None:
+        decisions, clock = txn.decisions, txn.clock
         try:
             producer = await self._ready_producer()
             # 1. begin
@@ -183,35 +245,41 @@ class WorkerTransactions(ExactlyOnceCommits):
         except kip447.StaleGeneration as exc:
             # a rebalance moved (some of) these partitions: this worker's offsets were
             # refused, so the transaction can only abort; the rebalance revokes the tasks
-            await self._after_failure(decisions, "stale_generation", exc)
-            return outcome
+            await self._after_failure(txn, "stale_generation", exc)
+            return
         except FENCED as exc:
             # another producer took this worker's transactional id (it never should: the id
             # is unique per process); drop it and every task of the batch
+            self._fail(txn, list(txn.outcomes))
             await self._drop_producer()
             for task_id, epoch, _o, _r in decisions:
                 await self.control.abandon(task_id, epoch, "fenced", exc)
-            return outcome
+            return
         except Exception as exc:  # a broker error, a timeout, a bug in a send path
-            await self._after_failure(decisions, "aborted", exc)
-            return outcome
+            await self._after_failure(txn, "aborted", exc)
+            return
         # 6. only now each task's store: an aborted transaction leaves no trace in them
         for (task_id, epoch, task_offsets, result), last in zip(decisions, lasts, strict=True):
-            applied = self.core.processed(task_id, epoch, task_offsets)
-            if applied:
+            if self.core.processed(task_id, epoch, task_offsets):
                 self.stores[task_id].write(result.writes, last)
-            outcome[task_id] = applied
+                self.pending.committed(task_id, task_offsets, result.writes)
+            else:  # the task changed meanwhile: its later batches are void too
+                self._fail(txn, [task_id])
+        for task_id, outcome in txn.outcomes.items():
+            if task_id not in self._settling:
+                outcome.set_result(True)
         trace_commit(self.core.generation, offsets)
         if clock:
             trace.debug("txn", extra={"tasks": len(decisions), "outputs": sum(
                 len(d[3].outputs) for d in decisions), "ms": clock.steps})
-        return outcome
 
-    async def _after_failure(self, decisions: list[Decision], reason: str,
+    async def _after_failure(self, txn: _Transaction, reason: str,
                              exc: BaseException) -> None:
         producer = self.producer
-        if producer is not None and await abort(producer):
-            for task_id, epoch, _o, _r in decisions:  # nothing of the batch is visible
+        aborted = producer is not None and await abort(producer)
+        self._fail(txn, list(txn.outcomes))
+        if aborted:
+            for task_id, epoch, _o, _r in txn.decisions:  # nothing of the batch is visible
                 self.control.rewind(task_id, epoch, reason, exc)
             return
         # the outcome is unknown: a new producer with the same id completes or aborts the
@@ -220,7 +288,7 @@ class WorkerTransactions(ExactlyOnceCommits):
         await self._drop_producer()
         with contextlib.suppress(Exception):  # else the next transaction's producer does it
             await self._fresh_producer()
-        for task_id, epoch, _o, _r in decisions:
+        for task_id, epoch, _o, _r in txn.decisions:
             await self.control.abandon(task_id, epoch, "commit_unknown", exc)
 
     async def _fresh_producer(self) -> None:
@@ -234,7 +302,4 @@ class WorkerTransactions(ExactlyOnceCommits):
             await stop_producer(self.producer)
             self.producer = None
 
-
-async def _outcome_of(txn: _Transaction, task_id: TaskId) -> bool:
-    return (await asyncio.shield(txn.outcome))[task_id]
 
