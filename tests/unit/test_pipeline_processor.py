@@ -1,17 +1,42 @@
 """What the processor does when a batch was not committed (its rewind and abandon, the
 commits' TaskControl), with an injected fake producer and consumer (no broker): an aborted
 batch writes nothing and seeks back; a fenced one abandons the batch and drops the task's
-state; one with an unknown outcome initialises the task again. The commit protocols
-themselves: test_pipeline_eos_commit.py, test_pipeline_alo_commit.py; the real broker runs in
-tests/integration/test_exactly_once.py."""
+state; one with an unknown outcome initialises the task again. With one transaction per
+worker the loop yields between tasks: a task reset or failed meanwhile is not decided. The
+commit protocols themselves: test_pipeline_eos_commit.py, test_pipeline_alo_commit.py; the
+real broker runs in tests/integration/test_exactly_once.py."""
 
 from __future__ import annotations
 
-from aiokafka.errors import KafkaTimeoutError, ProducerFenced
+import asyncio
+from collections.abc import Callable
+from typing import Any
 
+from aiokafka.errors import KafkaTimeoutError, ProducerFenced
+from aiokafka.structs import TopicPartition
+
+from router.records import Record, StageResult
+from router.settings import Settings
+from router.worker.pipeline.assignor import CoPartitionedAssignor
 from router.worker.pipeline.core import LEADS, Phase, TaskId
-from router.worker.pipeline.store import INPUT_OFFSETS
-from tests.unit.pipeline_fakes import TP, FakeProducer, Rec, process, processor
+from router.worker.pipeline.kip447 import GroupMetadata
+from router.worker.pipeline.processor import PartitionProcessor
+from router.worker.pipeline.stage import StageSpec
+from router.worker.pipeline.store import INPUT_OFFSETS, MemoryStore, StateView
+from router.worker.pipeline.txn_tuning import TxnTuning
+from router.worker.pipeline.worker_txn import WorkerTransactions
+from tests.unit.pipeline_fakes import (
+    TOPIC,
+    TP,
+    FakeConsumer,
+    FakeProducer,
+    Rec,
+    process,
+    processor,
+)
+
+TP1 = TopicPartition(TOPIC, 1)
+LEADS_0, LEADS_1 = TaskId(LEADS, 0), TaskId(LEADS, 1)
 
 
 async def test_aborted_batch_leaves_no_trace_and_is_fetched_again() -> None:
@@ -49,3 +74,56 @@ async def test_commit_with_unknown_outcome_reinitialises() -> None:
     await process(p, {TP: [Rec(5)]})
     assert p.core.tasks[TaskId(LEADS, 0)].phase is Phase.INITIALISING
     assert p.aborted["commit_unknown"] == 1 and store.get(b"L-1") is None
+
+
+def two_task_worker(during_first: Callable[[PartitionProcessor], object]
+                    ) -> tuple[PartitionProcessor, list[int]]:
+    """A processor with one transaction per worker over leads 0 and 1 (faked producer);
+    `during_first` runs while the loop yields after deciding leads 0's batch."""
+    handled: list[int] = []
+
+    def handle(partition: int, records: list[Record], store: StateView, now: Any
+               ) -> StageResult:
+        handled.append(partition)
+        if partition == 0:
+            asyncio.get_running_loop().call_soon(during_first, p)
+        return StageResult([], [(b"L-1", b"state")])
+
+    spec = StageSpec(LEADS, (TOPIC,), "t.changelog", "lead-state", handle, 2)
+    p = PartitionProcessor(Settings(), [spec], exactly_once=True, read_committed=True,
+                           assignor=CoPartitionedAssignor("http://x", [TOPIC], "t.routing"),
+                           tuning=TxnTuning(worker_transactions=True))
+    p._consumer = FakeConsumer()  # type: ignore[assignment]
+    p.core.assign([TP, TP1], generation=1)
+    for task in list(p.core.tasks.values()):
+        p.core.activate(task.id, task.epoch, {task.inputs[0]: 5})
+        p.stores[task.id] = MemoryStore()
+    assert isinstance(p.eos, WorkerTransactions)
+    p.eos.make_producer = lambda _id: FakeProducer()  # type: ignore[return-value]
+    p.eos.group = lambda: GroupMetadata("leadrouter", generation_id=1, member_id="member-1")
+    return p, handled
+
+
+def rec(partition: int) -> Rec:
+    r = Rec(5)
+    r.partition = partition
+    return r
+
+
+async def test_a_task_reset_while_the_loop_yields_between_tasks_is_not_decided() -> None:
+    p, handled = two_task_worker(lambda p: p.core.reset(LEADS_1, p.core.tasks[LEADS_1].epoch))
+    await process(p, {TP: [rec(0)], TP1: [rec(1)]})
+    assert handled == [0]  # leads 1's records are fetched again once it is initialised
+    assert p.stores[LEADS_0].get(b"L-1") == b"state"
+
+
+async def test_a_task_whose_transaction_failed_meanwhile_keeps_its_records_aside() -> None:
+    def failed(p: PartitionProcessor) -> None:
+        assert isinstance(p.eos, WorkerTransactions)
+        p.eos._settling[LEADS_1] = []  # as _fail leaves it until the task is rewound
+
+    p, handled = two_task_worker(failed)
+    held = rec(1)
+    await p._process({TP: [rec(0)], TP1: [held]})
+    assert handled == [0] and p.eos.held == {TP1: [held]}
+    await p._drain()

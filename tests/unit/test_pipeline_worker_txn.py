@@ -65,6 +65,12 @@ class Worker:
     def producer(self) -> FakeProducer:
         return self.producers[-1]
 
+    def commit(self, decided: list[Decision], records: int = 0) -> list[asyncio.Future[bool]]:
+        """As the loop hands a batch over: the decisions, then a transaction begins."""
+        commits = self.txns.start(decided, records)
+        self.txns.flush()
+        return commits
+
     def decision(self, task_id: TaskId, offset: int) -> Decision:
         tp = TP if task_id == LEADS_0 else RTP
         epoch = self.core.tasks[task_id].epoch
@@ -75,7 +81,7 @@ class Worker:
 
 async def test_tasks_decided_together_commit_in_one_transaction_then_each_store() -> None:
     w = Worker()
-    commits = w.txns.start([w.decision(LEADS_0, 5), w.decision(ROUTING_0, 9)])
+    commits = w.commit([w.decision(LEADS_0, 5), w.decision(ROUTING_0, 9)])
     assert await asyncio.gather(*commits) == [True, True]
     assert w.calls == [
         "begin", "send out.leads", "changelog t.changelog[0] 1",
@@ -92,9 +98,9 @@ async def test_batches_decided_during_a_commit_join_the_next_transaction() -> No
     w = Worker()
     gate = asyncio.Event()
     w.prepare = lambda p: setattr(p, "commit_gate", gate)
-    first = w.txns.start([w.decision(LEADS_0, 5)])
+    first = w.commit([w.decision(LEADS_0, 5)])
     await asyncio.sleep(0.01)
-    second = w.txns.start([w.decision(ROUTING_0, 9)])  # the first has not committed yet
+    second = w.commit([w.decision(ROUTING_0, 9)])  # the first has not committed yet
     await asyncio.sleep(0.01)
     assert w.calls.count("begin") == 1  # no second transaction beside the first
     gate.set()
@@ -107,7 +113,7 @@ async def test_a_task_decided_during_its_own_commit_reads_its_pending_writes() -
     w = Worker()
     gate = asyncio.Event()
     w.prepare = lambda p: setattr(p, "commit_gate", gate)
-    first = w.txns.start([w.decision(LEADS_0, 5)], records=1)
+    first = w.commit([w.decision(LEADS_0, 5)], records=1)
     await asyncio.sleep(0.01)
     task = w.core.tasks[LEADS_0]
     store = w.stores[LEADS_0]
@@ -117,7 +123,7 @@ async def test_a_task_decided_during_its_own_commit_reads_its_pending_writes() -
     assert task.positions[TP] == 5 and w.txns.positions(task)[TP] == 6
     assert w.txns.admit({TP: ["the next record of leads 0"]}) == {
         TP: ["the next record of leads 0"]}  # decided now, not held for the commit
-    second = w.txns.start([w.decision(LEADS_0, 6)], records=1)
+    second = w.commit([w.decision(LEADS_0, 6)], records=1)
     assert w.txns.view(LEADS_0, store).get(b"k") == b"leads@6"
     await asyncio.sleep(0.01)
     assert w.calls.count("begin") == 1  # it joins the next transaction, not one beside
@@ -135,10 +141,10 @@ async def test_a_failed_transaction_drops_the_later_batches_decided_on_it() -> N
         producer.commit_gate, producer.fail_commit_once = gate, KafkaTimeoutError()
 
     w.prepare = first_fails
-    first = w.txns.start([w.decision(LEADS_0, 5)])
+    first = w.commit([w.decision(LEADS_0, 5)])
     await asyncio.sleep(0.01)
     # decided on leads 0's uncommitted write; routing 0 on its own store
-    later = w.txns.start([w.decision(LEADS_0, 6), w.decision(ROUTING_0, 9)])
+    later = w.commit([w.decision(LEADS_0, 6), w.decision(ROUTING_0, 9)])
     gate.set()
     assert await asyncio.gather(*first, *later) == [False, False, True]
     assert [(t, r) for t, _e, r in w.control.rewound] == [(LEADS_0, "aborted")]
@@ -160,7 +166,7 @@ async def test_records_of_a_task_whose_outcome_is_unknown_wait_until_it_is_reset
             producer.start_gate = replaced
 
     w.prepare = unknown_then_slow
-    first = w.txns.start([w.decision(LEADS_0, 5)])
+    first = w.commit([w.decision(LEADS_0, 5)])
     await asyncio.sleep(0.01)
     assert len(w.producers) == 2 and not first[0].done()
     # the store may be behind what the broker holds now: nothing is decided on it
@@ -172,29 +178,31 @@ async def test_records_of_a_task_whose_outcome_is_unknown_wait_until_it_is_reset
     assert w.txns.held == {}
 
 
-async def test_a_full_next_transaction_makes_the_loop_wait_for_the_running_one() -> None:
+async def test_a_fetch_beyond_one_fetch_in_flight_waits_for_the_running_transaction(
+        ) -> None:
     w = Worker()
     gate = asyncio.Event()
     w.prepare = lambda p: setattr(p, "commit_gate", gate)
-    first = w.txns.start([w.decision(LEADS_0, 5)], records=1)
+    first = w.commit([w.decision(LEADS_0, 5)], records=1)
     await asyncio.sleep(0.01)
-    second = w.txns.start([w.decision(ROUTING_0, 9)], records=2)  # batch 1 x 2 tasks
-    waiting = asyncio.create_task(w.txns.wait_for_room(batch_size=1))
+    # batch 1 x 2 tasks: one record in flight leaves room for one more, not for two
+    await asyncio.wait_for(w.txns.wait_for_room(batch_size=1, incoming=1), 5)
+    waiting = asyncio.create_task(w.txns.wait_for_room(batch_size=1, incoming=2))
     await asyncio.sleep(0.01)
     assert not waiting.done()
     gate.set()
     await asyncio.wait_for(waiting, 5)
-    assert await asyncio.gather(*first, *second) == [True, True]
+    assert await asyncio.gather(*first) == [True]
     await asyncio.wait_for(w.txns.drain(), 5)
-    assert w.txns.held == {} and w.calls.count("commit") == 2
+    assert w.txns.held == {} and w.calls.count("commit") == 1
 
 
 async def test_a_refused_generation_aborts_and_rewinds_every_task() -> None:
     w = Worker()
-    assert w.txns.start([]) == [] and not w.producers  # nothing decided: no transaction
+    assert w.commit([]) == [] and not w.producers  # nothing decided: no transaction
     refused = StaleGeneration("ILLEGAL_GENERATION", "leadrouter", 22)
     w.prepare = lambda p: setattr(p, "fail_offsets", refused)
-    commits = w.txns.start([w.decision(LEADS_0, 5), w.decision(ROUTING_0, 9)])
+    commits = w.commit([w.decision(LEADS_0, 5), w.decision(ROUTING_0, 9)])
     assert await asyncio.gather(*commits) == [False, False]
     assert w.calls[-2:] == [f"offsets {[(ROUTING_TOPIC, 10), (TOPIC, 6)]}", "abort"]
     assert {(t, r) for t, _e, r in w.control.rewound} == {
@@ -210,7 +218,7 @@ async def test_an_unknown_outcome_replaces_the_producer_and_abandons_every_task(
             producer.fail_commit, producer.fail_abort = KafkaTimeoutError(), True
 
     w.prepare = failing
-    commits = w.txns.start([w.decision(LEADS_0, 5), w.decision(ROUTING_0, 9)])
+    commits = w.commit([w.decision(LEADS_0, 5), w.decision(ROUTING_0, 9)])
     assert await asyncio.gather(*commits) == [False, False]
     assert w.producers[0].stopped
     # the new producer with the same transactional id settles the open transaction first
@@ -223,12 +231,12 @@ async def test_an_unknown_outcome_replaces_the_producer_and_abandons_every_task(
 async def test_a_fenced_producer_abandons_every_task() -> None:
     w = Worker()
     w.prepare = lambda p: setattr(p, "fail_commit", ProducerFenced() if not w.producers else None)
-    commits = w.txns.start([w.decision(LEADS_0, 5), w.decision(ROUTING_0, 9)])
+    commits = w.commit([w.decision(LEADS_0, 5), w.decision(ROUTING_0, 9)])
     assert await asyncio.gather(*commits) == [False, False]
     assert w.producers[0].stopped and w.txns.producer is None
     assert {r for _t, _e, r, _w in w.control.abandoned} == {"fenced"}
     # the next batch gets a new producer
-    assert await asyncio.gather(*w.txns.start([w.decision(LEADS_0, 5)])) == [True]
+    assert await asyncio.gather(*w.commit([w.decision(LEADS_0, 5)])) == [True]
     assert len(w.producers) == 2 and w.stores[LEADS_0].get(b"k") == b"leads@5"
 
 

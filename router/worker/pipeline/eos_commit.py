@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -72,6 +72,9 @@ class ExactlyOnceCommits:
         self.held: dict[TopicPartition, list[Any]] = {}
         # at most this many transactions at once (txn_tuning: max_concurrent_commits); the
         # others wait here, their tasks' records held as for any commit in flight
+        # the loop is deciding a fetch's tasks one by one (a transaction waiting to begin
+        # waits for all of them: one per fetch, not one per task, under load)
+        self.deciding = False
         cap = tuning.max_concurrent_commits
         self.slots = asyncio.Semaphore(cap) if cap > 0 else None
 
@@ -122,6 +125,11 @@ class ExactlyOnceCommits:
     def holds_records_of(self, task_id: TaskId) -> bool:
         return task_id in self.inflight  # its next batch needs the store this commit writes
 
+    def hold(self, batch: Sequence[tuple[TopicPartition, Sequence[Any]]]) -> None:
+        """Keep these records aside again, ahead of any fetched since (admit decides)."""
+        for tp, rs in batch:
+            self.held[tp] = [*rs, *self.held.get(tp, [])]
+
     def view(self, task_id: TaskId, store: StateView) -> StateView:
         """What the task's next batch reads: its store (nothing uncommitted is decided on)."""
         return store
@@ -130,7 +138,7 @@ class ExactlyOnceCommits:
         """Where the task's next batch starts."""
         return task.positions
 
-    async def wait_for_room(self, batch_size: int) -> None:
+    async def wait_for_room(self, batch_size: int, incoming: int) -> None:
         """The broker is behind (many records held for the commits in flight): wait for one."""
         if sum(len(rs) for rs in self.held.values()) > batch_size * 4 and self.inflight:
             self.flush()

@@ -306,7 +306,9 @@ class PartitionProcessor:
 
     async def _process(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         started = time.perf_counter()
-        await self.eos.wait_for_room(self.settings.batch_size)  # the broker may be behind
+        # the broker may be behind, or one transaction holds a fetch's worth already
+        await self.eos.wait_for_room(self.settings.batch_size,
+                                     sum(len(rs) for rs in fetched.values()))
         if self.eos.inflight or self.eos.held:
             fetched = self.eos.admit(fetched)
         by_task = self.core.split(fetched)
@@ -314,26 +316,14 @@ class PartitionProcessor:
             self.eos.flush()  # one producer per worker: a transaction may wait for this
             return
         now = datetime.now(UTC)
-        count = 0
         decided: list[Decision] = []
-        for task_id, (epoch, batch) in by_task.items():
-            # the store, and with one transaction per worker the task's writes not yet
-            # committed over it (pending.py)
-            store = self.eos.view(task_id, self.stores[task_id])
-            records = [Record(r.topic, r.partition, r.offset, r.key, r.value)
-                       for _tp, rs in batch for r in rs]
-            count += len(records)
-            offsets = next_offsets(batch)
-            result = self.stages[task_id.stage].handle(task_id.partition, records, store, now)
-            if trace.isEnabledFor(logging.DEBUG):  # LEADROUTER_TRACE=1 (chaos forensics)
-                trace.debug("batch", extra={
-                    "agent": task_id.stage, "generation": self.core.generation, "dropped": 0,
-                    "ranges": {tp_name(tp): f"{rs[0].offset}-{rs[-1].offset}/{len(rs)}"
-                               for tp, rs in batch}})
-            task = self.core.tasks[task_id]
-            inputs = {tp.topic: o for tp, o in {**self.eos.positions(task), **offsets}.items()}
-            result.writes.append((INPUT_OFFSETS, encode_offsets(inputs)))
-            decided.append((task_id, epoch, offsets, result))
+        commits: list[asyncio.Future[bool]] = []
+        self.eos.deciding = True
+        try:
+            await self._decide(by_task, now, decided, commits)
+        finally:
+            self.eos.deciding = False
+        count = sum(len(rs) for _e, batch in by_task.values() for _tp, rs in batch)
         handled = time.perf_counter()
         oldest: dict[str, int] = {}  # per input topic, for the hop breakdown (tracing only)
         if trace.isEnabledFor(logging.DEBUG):
@@ -342,16 +332,51 @@ class PartitionProcessor:
                     oldest[tp.topic] = min(oldest.get(tp.topic, rs[0].timestamp),
                                            rs[0].timestamp)
         if self.exactly_once:
-            commits = self.eos.start(decided, count)  # eos_commit.py, worker_txn.py
+            self.eos.flush()  # one producer per worker: every task decided here in one
             timer = asyncio.create_task(self._time_batch(started, handled, oldest, count,
                                                          commits))
             self._batch_timers.add(timer)
             timer.add_done_callback(self._batch_timers.discard)
-            if not self.tuning.overlap_commits:
+            if commits and not self.tuning.overlap_commits:
                 await asyncio.wait(commits)
         else:
             await self.alo.commit(decided, self.producer, self.consumer)  # alo_commit.py
             await self._time_batch(started, handled, oldest, count, [])
+
+    async def _decide(self, by_task: dict[TaskId, tuple[int, list[tuple[TopicPartition, Any]]]],
+                      now: datetime, decided: list[Decision],
+                      commits: list[asyncio.Future[bool]]) -> None:
+        """Each task's batch, one task at a time: exactly-once hands each decision over at
+        once, at-least-once collects them for one commit."""
+        for task_id, (epoch, batch) in by_task.items():
+            task = self.core.tasks.get(task_id)
+            if task is None or task.epoch != epoch or task.phase is not Phase.ACTIVE:
+                continue  # reset by a failed commit meanwhile: fetched again once ready
+            if self.eos.holds_records_of(task_id):  # its transaction failed meanwhile
+                self.eos.hold(batch)
+                continue
+            # the store, and with one transaction per worker the task's writes not yet
+            # committed over it (pending.py)
+            store = self.eos.view(task_id, self.stores[task_id])
+            records = [Record(r.topic, r.partition, r.offset, r.key, r.value)
+                       for _tp, rs in batch for r in rs]
+            offsets = next_offsets(batch)
+            result = self.stages[task_id.stage].handle(task_id.partition, records, store, now)
+            if trace.isEnabledFor(logging.DEBUG):  # LEADROUTER_TRACE=1 (chaos forensics)
+                trace.debug("batch", extra={
+                    "agent": task_id.stage, "generation": self.core.generation, "dropped": 0,
+                    "ranges": {tp_name(tp): f"{rs[0].offset}-{rs[-1].offset}/{len(rs)}"
+                               for tp, rs in batch}})
+            inputs = {tp.topic: o for tp, o in {**self.eos.positions(task), **offsets}.items()}
+            result.writes.append((INPUT_OFFSETS, encode_offsets(inputs)))
+            decision = (task_id, epoch, offsets, result)
+            if not self.exactly_once:
+                decided.append(decision)  # one commit after the batch, nothing beside it
+                continue
+            commits += self.eos.start([decision], len(records))  # a failure now drops it
+            # the commit in flight and the group's heartbeats go on between tasks: every
+            # task's batch in one go blocked the loop for a second under load (issue 17)
+            await asyncio.sleep(0)
 
     async def _time_batch(self, started: float, handled: float, oldest: dict[str, int],
                           count: int,
