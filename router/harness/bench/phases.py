@@ -125,11 +125,14 @@ class Processes:
                                    f" {proc.returncode}")
 
 
-async def count_sqls(bootstrap: list[str], topic: str, client: dict[str, Any]) -> int:
-    """lead.sql records on `topic` so far (read_committed: what downstream sees)."""
+async def count_sqls(bootstrap: list[str], topic: str, client: dict[str, Any],
+                     before: float | None = None) -> int:
+    """lead.sql records on `topic` (read_committed: what downstream sees), only those written
+    before `before` (epoch s) when given: a later phase's SQLs are not phase 1's."""
     records = await read_topic(bootstrap, topic, isolation_level="read_committed",
                                client=client)
-    return sum(1 for r in records if r.value and b'"lead.sql"' in r.value)
+    return sum(1 for r in records if r.value and b'"lead.sql"' in r.value
+               and (before is None or r.timestamp < before))
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -149,6 +152,7 @@ class Bench:
     run: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:6]}")
     broker_pids: list[int] = field(default_factory=list)  # the local broker's, for its CPU
     broker_kind: str = "kafka"
+    r1_ended_at: float | None = None  # epoch s phase 1's worker was killed: its outputs are older
     result: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -265,6 +269,7 @@ class Bench:
         rss, rss_now = rss_mb(pid), rss_mb(pid, "VmRSS")
         worker.kill()
         killed = time.monotonic()
+        self.r1_ended_at = time.time()
         self.result["worker_peak_rss_mb"] = round(rss, 1)
         self.result["worker_rss_at_end_mb"] = round(rss_now, 1)
         _log(f"r1: worker SIGKILLed (peak RSS {rss:.0f} MB, {rss_now:.0f} MB at the end);"
@@ -411,7 +416,7 @@ class Bench:
         routing partition in one transaction, so the stage finds them all at once; sent as
         touchpoints, they would time the leads stage's output instead. Routing needs nothing
         of a lead beyond its route record (the roster and named accounts are phase 1's).
-        Together with the share of touchpoints that become SQLs in phase 1, that gives the
+        Together with the share of phase 1's touchpoints that became SQLs, that gives the
         touchpoint rate from which routing is the bottleneck."""
         topics = Topics.with_prefix(prefix)
         count = self.config.routing_probes
@@ -441,11 +446,12 @@ class Bench:
         finally:
             await admin.close()
         rate = throughput(samples, base + 0.1 * count, base + 0.9 * count)
-        sqls = await count_sqls(self.bootstrap, topics.transitions, self.client)
+        sqls = await count_sqls(self.bootstrap, topics.transitions, self.client,
+                                before=self.r1_ended_at)
         self.result.update(routing_sql_per_s=round(rate, 1),
                            sql_per_touchpoint=round(sqls / max(1, len(mix.touchpoints)), 4))
         _log(f"routing ceiling: {rate:,.0f} SQLs/s routed by the one routing partition;"
-             f" {sqls:,} SQLs in the run so far")
+             f" {sqls:,} SQLs in phase 1")
 
     # ---------------------------------------------------------------- raw and floor
 
