@@ -252,8 +252,12 @@ async def read_topic(bootstrap: list[str], topic: str, start: float | None = Non
     """Every record of `topic` from `start` (epoch s) up to the end offsets taken first: a
     bounded read, so a topic that keeps growing (a live deployment) still finishes.
     `read_committed` (exactly-once checks) stops at the last stable offset instead."""
+    # "earliest", not aiokafka's "latest": assign() starts a default reset in the background,
+    # and if its ListOffsets is still in flight when seek_to_beginning() asks for the beginning,
+    # its answer (the end) is taken as the position, so the read found nothing to read
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 fetch_max_wait_ms=100, max_partition_fetch_bytes=8 << 20,
+                                auto_offset_reset="earliest",
                                 isolation_level=isolation_level, **(client or {}))
     await consumer.start()
     try:
@@ -265,9 +269,9 @@ async def read_topic(bootstrap: list[str], topic: str, start: float | None = Non
         if not tps:
             return []
         consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)  # before any await gives the reset a chance
         ends = (await consumer.end_offsets(tps) if isolation_level == "read_committed"
                 else await fetch_end_offsets(bootstrap, tps))
-        await consumer.seek_to_beginning(*tps)
         if start is not None:
             try:
                 found = await consumer.offsets_for_times({tp: int(start * 1000) for tp in tps})

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from router.adapters.topics import Topics
 from router.domain.events import LeadProfile, Rep, Touchpoint
 from router.domain.rules import load_rules
 from router.harness.bench.load import (
@@ -19,6 +20,7 @@ from router.harness.bench.load import (
     bench_roster,
     build_mix,
     probe_profiles,
+    probe_routes,
     probe_touchpoint,
 )
 from router.harness.bench.measure import (
@@ -31,6 +33,8 @@ from router.harness.bench.measure import (
 )
 from router.harness.bench.phases import Processes
 from router.harness.bench.report import REQUIRED_KEYS, TARGETS, add_ratios, json_line, render_table
+from router.records import Record
+from router.service.routing_stage import RoutingStage
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -289,6 +293,23 @@ def test_probe_leads_are_direct_path_material() -> None:
     tp = Touchpoint.model_validate(orjson.loads(probe_touchpoint(key, NOW)))
     assert tp.type == "demo_request" and tp.lead_id.encode() == key
     assert MIN_TOUCHPOINT_BYTES <= len(probe_touchpoint(key, NOW)) <= MAX_TOUCHPOINT_BYTES
+
+
+def test_probe_routes_are_route_records_the_routing_stage_assigns() -> None:
+    profiles = probe_profiles("rc", 8, NOW)
+    routes = probe_routes(profiles, NOW)
+    assert [key for key, _ in routes] == [key for key, _ in profiles]
+    assert all(orjson.loads(value)["kind"] == "route" for _, value in routes)
+    rules = load_rules(None)
+    roster = {key.decode(): Rep.model_validate(orjson.loads(value))
+              for key, value in bench_roster(NOW)}
+    stage = RoutingStage(rules, Topics.with_prefix(""), "test", roster, {})
+    records = [Record("leadrouter-routing", 0, i, key, value)
+               for i, (key, value) in enumerate(routes)]
+    result = stage.process(records, NOW, dict)
+    assigned = [orjson.loads(o.value) for o in result.outputs if o.topic == "leads.assignments"]
+    assert sorted(a["lead_id"] for a in assigned) == sorted(k.decode() for k, _ in profiles)
+    assert {a["type"] for a in assigned} == {"lead.assigned"}
 
 
 # ---------------------------------------------------------------------------- cleanup

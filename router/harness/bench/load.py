@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,8 +13,12 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from router import __version__
+from router.adapters.topics import Topics
 from router.domain.events import Rep
 from router.domain.rules import load_rules
+from router.records import Record
+from router.service.qualifier import Qualifier
 from router.tools.traffic_model import BEHAVIOUR, PEOPLE, TOPICS, TrafficGenerator, _pick, _rep
 
 MIN_TOUCHPOINT_BYTES = 200
@@ -148,6 +152,23 @@ def probe_touchpoint(lead_id: bytes, at: datetime, size: int = 300) -> bytes:
                  "properties": {"url": "/demo"}}, size)
 
 
+def probe_routes(profiles: Sequence[tuple[bytes, bytes]], at: datetime,
+                 named_accounts: Collection[str] = ()) -> list[tuple[bytes, bytes]]:
+    """The routing records the leads stage writes for these probe leads and their demo
+    requests, made by the same Qualifier (default rules) in process, so the routing stage can
+    be fed and timed without the leads stage in front of it."""
+    topics = Topics.with_prefix("")
+    qualifier = Qualifier(load_rules(None), topics, __version__,
+                          lambda domain: domain in named_accounts)
+    records = [Record(topics.profiles, 0, i, key, value)
+               for i, (key, value) in enumerate(profiles)]
+    records += [Record(topics.touchpoints, 0, i, key, probe_touchpoint(key, at))
+                for i, (key, _) in enumerate(profiles)]
+    stored: dict[bytes, bytes] = {}
+    batch = qualifier.process(records, at, stored.get)
+    return [(out.key or b"", out.value) for out in batch.outputs if out.topic == topics.routing]
+
+
 # --------------------------------------------------------------------------------------------
 # Kafka helpers
 # --------------------------------------------------------------------------------------------
@@ -156,19 +177,27 @@ def probe_touchpoint(lead_id: bytes, at: datetime, size: int = 300) -> bytes:
 
 async def produce(bootstrap: list[str], topic: str, records: Sequence[tuple[bytes, bytes]],
                   client: dict[str, Any], chunk: int = 10_000,
-                  partition_of: Callable[[bytes], int] | None = None) -> float:
+                  partition_of: Callable[[bytes], int] | None = None,
+                  transactional_id: str | None = None) -> float:
     """Send every record (acks from the leader), as fast as the producer goes; seconds taken.
-    `partition_of` stands in for another producer's partitioner (default: murmur2)."""
+    `partition_of` stands in for another producer's partitioner (default: murmur2). With
+    `transactional_id`, all of them in one transaction: a read_committed consumer sees none
+    until it sees them all, so it is timed on its own rather than on this producer."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
-                                max_batch_size=256 * 1024, **client)
+                                max_batch_size=256 * 1024, transactional_id=transactional_id,
+                                **client)
     await producer.start()
     started = time.monotonic()
     try:
+        if transactional_id is not None:
+            await producer.begin_transaction()
         for i in range(0, len(records), chunk):
             pending = [await producer.send(topic, value, key=key, partition=(
                            None if partition_of is None else partition_of(key)))
                        for key, value in records[i:i + chunk]]
             await asyncio.gather(*pending)
+        if transactional_id is not None:
+            await producer.commit_transaction()
     finally:
         await producer.stop()
     return time.monotonic() - started

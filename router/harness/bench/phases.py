@@ -53,7 +53,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from router.adapters.topics import Topics, ensure_topics
-from router.harness.bench.load import Mix, build_mix, probe_profiles, probe_touchpoint, produce
+from router.harness.bench.load import (
+    Mix,
+    build_mix,
+    probe_profiles,
+    probe_routes,
+    probe_touchpoint,
+    produce,
+)
 from router.harness.bench.measure import (
     _log,
     committed_total,
@@ -83,11 +90,11 @@ class BenchConfig:
     floor_modes: tuple[str, ...] = ("take", "iter")
     mode: str = "full"
     direct: bool = True  # also measure the batched-ingestion prototype (bench/direct.py)
-    routing_probes: int = 5_000  # SQLs sent at once to time the routing partition
+    routing_probes: int = 50_000  # SQLs put on the routing partition at once to time it
 
 
 QUICK = BenchConfig(leads=5_000, touchpoints=20_000, latency_seconds=6.0, max_probe_rate=20.0,
-                    phase_timeout=40.0, mode="quick", routing_probes=1_000)
+                    phase_timeout=40.0, mode="quick", routing_probes=10_000)
 WARMUP_FRACTION = 0.1
 END_FRACTION = 0.9
 
@@ -118,11 +125,14 @@ class Processes:
                                    f" {proc.returncode}")
 
 
-async def count_sqls(bootstrap: list[str], topic: str, client: dict[str, Any]) -> int:
-    """lead.sql records on `topic` so far (read_committed: what downstream sees)."""
+async def count_sqls(bootstrap: list[str], topic: str, client: dict[str, Any],
+                     before: float | None = None) -> int:
+    """lead.sql records on `topic` (read_committed: what downstream sees), only those written
+    before `before` (epoch s) when given: a later phase's SQLs are not phase 1's."""
     records = await read_topic(bootstrap, topic, isolation_level="read_committed",
                                client=client)
-    return sum(1 for r in records if r.value and b'"lead.sql"' in r.value)
+    return sum(1 for r in records if r.value and b'"lead.sql"' in r.value
+               and (before is None or r.timestamp < before))
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -142,6 +152,7 @@ class Bench:
     run: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:6]}")
     broker_pids: list[int] = field(default_factory=list)  # the local broker's, for its CPU
     broker_kind: str = "kafka"
+    r1_ended_at: float | None = None  # epoch s phase 1's worker was killed: its outputs are older
     result: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -258,6 +269,7 @@ class Bench:
         rss, rss_now = rss_mb(pid), rss_mb(pid, "VmRSS")
         worker.kill()
         killed = time.monotonic()
+        self.r1_ended_at = time.time()
         self.result["worker_peak_rss_mb"] = round(rss, 1)
         self.result["worker_rss_at_end_mb"] = round(rss_now, 1)
         _log(f"r1: worker SIGKILLed (peak RSS {rss:.0f} MB, {rss_now:.0f} MB at the end);"
@@ -399,39 +411,47 @@ class Bench:
     # ---------------------------------------------------------------- routing ceiling
 
     async def routing_ceiling(self, prefix: str, mix: Mix) -> None:
-        """The single routing partition's SQL rate. `routing_probes` probe leads whose one
-        touchpoint makes them SQL are sent at once; qualification (on every lead partition)
-        turns them into routing records faster than one routing partition can decide, so the
-        routing topic's committed offsets time the routing stage itself. Together with the
-        share of touchpoints that become SQLs in phase 1, that gives the touchpoint rate from
-        which routing is the bottleneck."""
+        """The single routing partition's SQL rate, the routing stage alone. The "route"
+        records the leads stage would write for `routing_probes` new SQLs go straight onto the
+        routing partition in one transaction, so the stage finds them all at once; sent as
+        touchpoints, they would time the leads stage's output instead. Routing needs nothing
+        of a lead beyond its route record (the roster and named accounts are phase 1's).
+        Together with the share of phase 1's touchpoints that became SQLs, that gives the
+        touchpoint rate from which routing is the bottleneck."""
         topics = Topics.with_prefix(prefix)
         count = self.config.routing_probes
         now = datetime.now(UTC)
         profiles = probe_profiles(self.run + "rc", count, now)
+        routes = probe_routes(profiles, now, {key.decode() for key, _ in mix.accounts})
+        if len(routes) != count:
+            raise RuntimeError(f"routing ceiling: {len(routes)} of {count} probes became SQL")
         group = self.settings(prefix).app_id
         routing = [TopicPartition(topics.routing, 0)]
+        # Tansu has no transactions (and its worker reads uncommitted): plainly produced, the
+        # records arrive at the producer's pace, which then caps the figure
+        txn = f"{self.run}.routing-ceiling" if self.broker_kind == "kafka" else None
         admin = await self.admin()
         try:
-            await produce(self.bootstrap, topics.profiles, profiles, self.client)
-            folded = len(mix.profiles) + int(self.result.get("latency_probes", 0)) + count
-            await sample_commits(admin, group, self.tps(topics.profiles), folded, 120,
-                                 self.procs.check, interval=0.2)
             base = await committed_total(admin, group, routing)
-            touches = [(key, probe_touchpoint(key, datetime.now(UTC))) for key, _ in profiles]
             sampler = asyncio.create_task(sample_commits(
                 admin, group, routing, base + count, self.config.phase_timeout,
-                self.procs.check, interval=0.1))
-            await produce(self.bootstrap, topics.touchpoints, touches, self.client)
+                self.procs.check, interval=0.05))
+            try:
+                await produce(self.bootstrap, topics.routing, routes, self.client,
+                              partition_of=lambda _key: 0, transactional_id=txn)
+            except BaseException:
+                sampler.cancel()
+                raise
             samples = await sampler
         finally:
             await admin.close()
         rate = throughput(samples, base + 0.1 * count, base + 0.9 * count)
-        sqls = await count_sqls(self.bootstrap, topics.transitions, self.client)
+        sqls = await count_sqls(self.bootstrap, topics.transitions, self.client,
+                                before=self.r1_ended_at)
         self.result.update(routing_sql_per_s=round(rate, 1),
                            sql_per_touchpoint=round(sqls / max(1, len(mix.touchpoints)), 4))
         _log(f"routing ceiling: {rate:,.0f} SQLs/s routed by the one routing partition;"
-             f" {sqls:,} SQLs in the run so far")
+             f" {sqls:,} SQLs in phase 1")
 
     # ---------------------------------------------------------------- raw and floor
 
