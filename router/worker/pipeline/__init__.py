@@ -15,6 +15,8 @@ processed or fetched again from the committed position.
   eos_commit.py exactly-once commits: one transaction per task and batch, overlapped
   worker_txn.py exactly-once, one transaction per worker for all its tasks (txn_tuning:
                 worker_transactions), fenced by kip447.py's generation-checked offsets
+  pending.py    a task's writes and offsets decided and not yet committed: its next batch
+                reads them (one transaction per worker), a failed transaction drops them
   kip447.py     TxnOffsetCommit v3 and OffsetFetch v7 require_stable, patched into aiokafka
   alo_commit.py at-least-once commits: outputs acked, state written, offsets committed
   commit.py     what both commit protocols share (changelog sends, TaskControl)
