@@ -70,11 +70,11 @@ class ExactlyOnceCommits:
         # meanwhile for those tasks (decided once their commit is known)
         self.inflight: dict[TaskId, asyncio.Future[bool]] = {}
         self.held: dict[TopicPartition, list[Any]] = {}
-        # at most this many transactions at once (txn_tuning: max_concurrent_commits); the
-        # others wait here, their tasks' records held as for any commit in flight
         # the loop is deciding a fetch's tasks one by one (a transaction waiting to begin
         # waits for all of them: one per fetch, not one per task, under load)
         self.deciding = False
+        # at most this many transactions at once (txn_tuning: max_concurrent_commits); the
+        # others wait here, their tasks' records held as for any commit in flight
         cap = tuning.max_concurrent_commits
         self.slots = asyncio.Semaphore(cap) if cap > 0 else None
 
