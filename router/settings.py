@@ -37,6 +37,7 @@ class Settings:
     compacted_segment_ms: int = 3_600_000
     batch_size: int = 2000
     batch_wait_ms: int = 10
+    producer_batch_bytes: int = 1_000_000
     misplaced_records: str = "repartition"
     log_format: str = "json"
     log_level: str = "info"
@@ -52,6 +53,11 @@ class Settings:
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise ValueError("partitions must be at least 1")
+        if not 1024 <= self.producer_batch_bytes <= MAX_PRODUCER_BATCH_BYTES:
+            raise ValueError(f"producer_batch_bytes must be between 1024 and"
+                             f" {MAX_PRODUCER_BATCH_BYTES:,} (a broker refuses a record batch"
+                             f" above a topic's max.message.bytes), not"
+                             f" {self.producer_batch_bytes}")
         if self.rocksdb_memory_mb < 8:
             raise ValueError("rocksdb_memory_mb must be at least 8")
         if self.store not in STORES:
@@ -173,6 +179,9 @@ HELP: dict[str, str] = {
     "batch_size": "most events per partition in one batch (one transaction per partition"
                   " and batch with exactly-once)",
     "batch_wait_ms": "how long a batch waits to fill before it is processed",
+    "producer_batch_bytes": "largest record batch the worker's producers send to one"
+                            " partition; keep it at or below the max.message.bytes of every"
+                            " topic the worker writes (Kafka's default 1,048,588)",
     "misplaced_records": "a touchpoint or profile whose key does not hash (murmur2, Kafka's"
                          " default partitioner) to the partition it arrived on:"
                          " repartition (default: forwarded to the partition its lead lives"
@@ -191,6 +200,7 @@ HELP: dict[str, str] = {
     "ssl_keyfile": "client key for mutual TLS",
 }
 STORES = ("memory", "rocksdb")
+MAX_PRODUCER_BATCH_BYTES = 16 * 1024 * 1024
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SECRET_FIELDS = frozenset({"sasl_password"})

@@ -30,6 +30,7 @@ def test_flags_win_over_environment_and_types_are_converted() -> None:
               {"LEADROUTER_PARTITIONS": "3", "LEADROUTER_WEB_PORT": "7000"})
     assert (s.partitions, s.topic_prefix, s.web_port) == (12, "a.", 7000)
     assert s.app_id == "a.leadrouter"
+    assert from_env({"LEADROUTER_PRODUCER_BATCH_BYTES": "65536"}).producer_batch_bytes == 65536
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,9 @@ def test_flags_win_over_environment_and_types_are_converted() -> None:
         ({"LEADROUTER_SECURITY_PROTOCOL": "TLS"}, "security_protocol must be one of"),
         ({"LEADROUTER_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL needs LEADROUTER_SASL_USERNAME"),
         ({"LEADROUTER_SASL_MECHANISM": "GSSAPI"}, "sasl_mechanism must be one of"),
+        ({"LEADROUTER_PRODUCER_BATCH_BYTES": "100"}, "producer_batch_bytes must be between"),
+        ({"LEADROUTER_PRODUCER_BATCH_BYTES": str(64 << 20)},
+         "producer_batch_bytes must be between"),
     ],
 )
 def test_bad_settings_name_what_is_wrong(env: dict[str, str], needle: str) -> None:

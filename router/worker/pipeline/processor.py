@@ -55,7 +55,7 @@ from router.settings import Settings, bootstrap_servers
 from router.worker.pipeline import kip447
 from router.worker.pipeline.alo_commit import AtLeastOnceCommits
 from router.worker.pipeline.assignor import CoPartitionedAssignor
-from router.worker.pipeline.commit import stop_producer
+from router.worker.pipeline.commit import failure_hint, make_producer, stop_producer
 from router.worker.pipeline.core import (
     Ownership,
     Phase,
@@ -66,7 +66,7 @@ from router.worker.pipeline.core import (
 )
 from router.worker.pipeline.eos_commit import ExactlyOnceCommits
 from router.worker.pipeline.loggers import log, tp_name, trace
-from router.worker.pipeline.restore import TRANSACTION_TIMEOUT_MS, Pending, Restorer, discard
+from router.worker.pipeline.restore import Pending, Restorer, discard
 from router.worker.pipeline.stage import Decision, StageSpec
 from router.worker.pipeline.store import INPUT_OFFSETS, PartitionStore, encode_offsets
 from router.worker.pipeline.txn_tuning import TxnTuning
@@ -133,18 +133,14 @@ class PartitionProcessor:
         return self._producer
 
     def _transactional_producer(self, transactional_id: str) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", linger_ms=1,
-            transactional_id=transactional_id, transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
-            retry_backoff_ms=self.tuning.retry_backoff_ms, **self.client)
+        return make_producer(self.settings, self.tuning, transactional_id)
 
     async def start(self) -> None:
         if self.exactly_once and self.tuning.worker_transactions:
             kip447.install()
         await self._ensure_changelogs()
         s = self.settings
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                          linger_ms=1, **self.client)
+        self._producer = make_producer(s, self.tuning)
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.group_id,
@@ -398,7 +394,7 @@ class PartitionProcessor:
         self.aborted[reason] += 1
         BATCHES_ABANDONED.labels(reason).inc()
         log.warning("batch not committed; processing it again", extra={
-            "task": str(task_id), "reason": reason, "error": repr(exc)})
+            "task": str(task_id), "reason": reason, "error": repr(exc), **failure_hint(exc)})
         task = self.core.tasks.get(task_id)
         if task is None or task.epoch != epoch:
             return
@@ -412,7 +408,8 @@ class PartitionProcessor:
         self.aborted[reason] += 1
         BATCHES_ABANDONED.labels(reason).inc()
         log.warning("batch abandoned; the task's state is dropped and restored again",
-                    extra={"task": str(task_id), "reason": reason, "error": repr(exc)})
+                    extra={"task": str(task_id), "reason": reason, "error": repr(exc),
+                           **failure_hint(exc)})
         task = self.core.tasks.get(task_id)
         if task is None or not self.core.reset(task_id, epoch):
             return

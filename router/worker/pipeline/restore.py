@@ -41,16 +41,13 @@ from aiokafka.structs import TopicPartition
 from router.metrics import CHANGELOG_RESTORED
 from router.settings import Settings
 from router.worker.pipeline import kip447
-from router.worker.pipeline.commit import stop_producer
+from router.worker.pipeline.commit import make_producer, stop_producer
 from router.worker.pipeline.core import Ownership, Task
 from router.worker.pipeline.loggers import log, tp_name
 from router.worker.pipeline.stage import StageSpec
 from router.worker.pipeline.store import PartitionStore, open_store
 from router.worker.pipeline.txn_tuning import TxnTuning
 
-# a transaction left open by a crashed worker holds back every read_committed reader of the
-# partitions it wrote until the new owner fences it or this timeout aborts it
-TRANSACTION_TIMEOUT_MS = 10_000
 # worker transactions: how long a restore waits for its changelog to carry the stable offsets
 # (the markers of a committed transaction take milliseconds; a group whose offsets were moved
 # by hand never catches up, and then the task resumes at the later of the two, as before)
@@ -98,11 +95,9 @@ class Restorer:
         return await _committed(group, pending)  # (c), after the fence
 
     async def _fence(self, p: Pending) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", linger_ms=1,
-            transactional_id=f"{self.settings.app_id}-{p.task.id.stage}-{p.task.id.partition}",
-            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
-            retry_backoff_ms=self.tuning.retry_backoff_ms, **self.client)
+        producer = make_producer(
+            self.settings, self.tuning,
+            f"{self.settings.app_id}-{p.task.id.stage}-{p.task.id.partition}")
         p.producer = producer
         await producer.start()
         # aiokafka's only public wait for InitProducerId: an empty transaction
