@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 
 import pytest
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ from router.service.partitioning import (
     crc32_partition,
     fnv1a_partition,
     forwards,
+    murmur2,
     murmur2_partition,
     split_misplaced,
 )
@@ -33,6 +35,11 @@ JAVA_MURMUR2 = {
 def test_murmur2_partition_is_javas_to_positive_murmur2(key: bytes, java_hash: int) -> None:
     for partitions in (1, 3, 12, 100):
         assert murmur2_partition(key, partitions) == (java_hash & 0x7FFFFFFF) % partitions
+
+
+@given(st.binary(max_size=300))
+def test_murmur2_is_aiokafkas_for_any_bytes(data: bytes) -> None:
+    assert murmur2(data) == aiokafka_murmur2(data)
 
 
 def test_crc32_partition_is_librdkafkas_consistent_random() -> None:
