@@ -84,14 +84,27 @@ async def test_tasks_decided_together_commit_in_one_transaction_then_each_store(
     commits = w.commit([w.decision(LEADS_0, 5), w.decision(ROUTING_0, 9)])
     assert await asyncio.gather(*commits) == [True, True]
     assert w.calls == [
-        "begin", "send out.leads", "changelog t.changelog[0] 1",
-        "send out.routing", "changelog t.routing-changelog[0] 1",
+        "begin", "send out.leads", "send out.routing", "changelog t.changelog[0] 1",
+        "changelog t.routing-changelog[0] 1",
         f"offsets {[(ROUTING_TOPIC, 10), (TOPIC, 6)]}", "commit", "store @100", "store @100"]
     assert w.stores[LEADS_0].get(b"k") == b"leads@5"
     assert w.stores[ROUTING_0].get(b"k") == b"routing@9"
     assert w.core.tasks[LEADS_0].positions[TP] == 6
     assert w.core.tasks[ROUTING_0].positions[RTP] == 10
     assert len(w.producers) == 1 and w.producer.started
+
+
+async def test_a_tasks_batches_in_one_transaction_send_their_changelog_as_one() -> None:
+    w = Worker()
+    first = w.txns.start([w.decision(LEADS_0, 5)], records=1)
+    second = w.txns.start([w.decision(LEADS_0, 6)], records=1)  # read the first's writes
+    w.txns.flush()
+    assert await asyncio.gather(*first, *second) == [True, True]
+    # aiokafka queues a partition's second record batch only once the first is sent: one
+    # send, and each batch's store write at its own last changelog record (base offset 100)
+    assert w.calls == ["begin", "send out.leads", "send out.leads", "changelog t.changelog[0] 2",
+                       "offsets 7 leadrouter", "commit", "store @100", "store @101"]
+    assert w.stores[LEADS_0].get(b"k") == b"leads@6"
 
 
 async def test_batches_decided_during_a_commit_join_the_next_transaction() -> None:

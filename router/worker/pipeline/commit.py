@@ -82,6 +82,29 @@ async def send_changelog(producer: AIOKafkaProducer, topic: str, partition: int,
     return sent
 
 
+async def record_offsets(sent: list[tuple[int, asyncio.Future[Any]]], ends: list[int]
+                         ) -> list[int | None]:
+    """The changelog offset of the record before each of `ends` (counts from the first record
+    sent): the last record of each of several batches' writes sent as one (None for none)."""
+    batches: list[tuple[int, int, int]] = []  # (first record's index, records, base offset)
+    first = 0
+    for count, future in sent:
+        metadata = await future
+        batches.append((first, count, metadata.offset))
+        first += count
+    offsets: list[int | None] = []
+    j = 0
+    for end in ends:
+        if end <= 0:
+            offsets.append(None)
+            continue
+        while end > batches[j][0] + batches[j][1]:
+            j += 1
+        start, _count, base = batches[j]
+        offsets.append(base + end - 1 - start)
+    return offsets
+
+
 async def last_offset(sent: list[tuple[int, asyncio.Future[Any]]]) -> int | None:
     """The changelog offset of the last record sent (what RocksDB persists as applied)."""
     last = None
