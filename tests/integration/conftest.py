@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import RecordMetadata
 
 from router.adapters.topics import Topics
@@ -107,6 +107,19 @@ async def producer(broker: LocalBroker) -> AsyncIterator[AIOKafkaProducer]:
     await p.start()
     yield p
     await p.stop()
+
+
+async def create_topic(broker: LocalBroker, suffix: str, partitions: int = 1,
+                       configs: dict[str, str] | None = None) -> str:
+    """A topic of its own for one test (a fresh random name ending in `suffix`)."""
+    topic = f"t{uuid.uuid4().hex[:8]}.{suffix}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=configs or {})])
+    finally:
+        await admin.close()
+    return topic
 
 
 async def send(producer: AIOKafkaProducer, topic: str, key: str | bytes | None,

@@ -8,26 +8,19 @@ routing phase, in about one read in 10-25). Many reads side by side make a miss 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from router.tools.history import read_topic
+from tests.integration.conftest import create_topic
 
 COMMITTED = 400
 PARTITIONS = 8
 
 
 async def test_read_committed_finds_every_committed_record_every_time(broker: Any) -> None:
-    topic = f"t{uuid.uuid4().hex[:8]}.history"
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
-    finally:
-        await admin.close()
+    topic = await create_topic(broker, "history", PARTITIONS)
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=1,
                                 transactional_id=f"{topic}-txn")
     await producer.start()

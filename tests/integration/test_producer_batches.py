@@ -3,11 +3,9 @@ user gets when a topic's max.message.bytes is smaller than the batches (commit.p
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import MessageSizeTooLargeError
 
 from router.settings import Settings
@@ -19,22 +17,11 @@ from router.worker.pipeline.commit import (
     stop_producer,
 )
 from router.worker.pipeline.txn_tuning import TxnTuning
+from tests.integration.conftest import create_topic
 
 RECORDS = 400
 VALUE = b"x" * 1000  # 400 KB in all: one batch with the default, 7 with 64 KiB ones
 TOPIC_LIMIT = 65_536
-
-
-async def _topic(broker: Any) -> str:
-    topic = f"t{uuid.uuid4().hex[:8]}.changelog"
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={
-            "max.message.bytes": str(TOPIC_LIMIT)})])
-    finally:
-        await admin.close()
-    return topic
 
 
 async def _transaction(broker: Any, topic: str, batch_bytes: int) -> int:
@@ -56,7 +43,8 @@ async def _transaction(broker: Any, topic: str, batch_bytes: int) -> int:
 
 async def test_a_batch_above_the_topic_limit_fails_with_a_hint_and_a_smaller_one_commits(
         broker: Any) -> None:
-    topic = await _topic(broker)
+    topic = await create_topic(broker, "changelog",
+                               configs={"max.message.bytes": str(TOPIC_LIMIT)})
     with pytest.raises(MessageSizeTooLargeError) as refused:  # one 400 KB batch
         await _transaction(broker, topic, Settings().producer_batch_bytes)
     assert "LEADROUTER_PRODUCER_BATCH_BYTES" in failure_hint(refused.value)["hint"]
