@@ -107,11 +107,7 @@ async def record_offsets(sent: list[tuple[int, asyncio.Future[Any]]], ends: list
 
 async def last_offset(sent: list[tuple[int, asyncio.Future[Any]]]) -> int | None:
     """The changelog offset of the last record sent (what RocksDB persists as applied)."""
-    last = None
-    for count, future in sent:
-        metadata = await future
-        last = metadata.offset + count - 1
-    return last
+    return (await record_offsets(sent, [sum(count for count, _future in sent)]))[0]
 
 
 async def stop_producer(producer: AIOKafkaProducer) -> None:
