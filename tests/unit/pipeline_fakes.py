@@ -54,9 +54,11 @@ class FakeProducer:
         self.commit_gate: asyncio.Event | None = None  # set: commit waits for it
         self.start_gate: asyncio.Event | None = None  # set: start waits for it
         self.fail_commit_once: BaseException | None = None  # set: the next commit raises it
+        self.begun = 0  # transactions begun on this producer
 
     async def begin_transaction(self) -> None:
         self.calls.append("begin")
+        self.begun += 1
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None,
                    partition: int | None = None) -> asyncio.Future[Meta]:

@@ -37,8 +37,9 @@ def routing_stage() -> StageSpec:
 class Worker:
     """WorkerTransactions over two active tasks (leads 0, routing 0), each with its store."""
 
-    def __init__(self) -> None:
+    def __init__(self, producers: int = 1) -> None:
         self.calls: list[str] = []
+        self.ids: list[str] = []
         self.producers: list[FakeProducer] = []
         self.core = Ownership({TOPIC: LEADS, ROUTING_TOPIC: ROUTING})
         self.core.assign([TP, RTP], generation=3)
@@ -50,12 +51,14 @@ class Worker:
         self.prepare: Callable[[FakeProducer], None] = lambda _producer: None
         self.txns = WorkerTransactions(
             self.core, {LEADS: stage(), ROUTING: routing_stage()}, self.stores,
-            group_id="leadrouter", tuning=TxnTuning(worker_transactions=True),
+            group_id="leadrouter",
+            tuning=TxnTuning(worker_transactions=True, worker_producers=producers),
             control=self.control, make_producer=self._make, transactional_id="app-worker-1",
             group=lambda: GROUP)
 
     def _make(self, transactional_id: str) -> FakeProducer:
-        assert transactional_id == "app-worker-1"
+        assert transactional_id.startswith("app-worker-1")
+        self.ids.append(transactional_id)
         producer = FakeProducer(calls=self.calls)
         self.prepare(producer)
         self.producers.append(producer)
@@ -251,6 +254,46 @@ async def test_a_fenced_producer_abandons_every_task() -> None:
     # the next batch gets a new producer
     assert await asyncio.gather(*w.commit([w.decision(LEADS_0, 5)])) == [True]
     assert len(w.producers) == 2 and w.stores[LEADS_0].get(b"k") == b"leads@5"
+
+
+async def test_transactions_take_turns_on_two_producers_each_after_the_one_before() -> None:
+    """The broker holds a producer's next transaction until the last one's markers are
+    written, not another producer's; the next still waits for the commit before it."""
+    w = Worker(producers=2)
+    gate = asyncio.Event()
+    w.prepare = lambda p: setattr(p, "commit_gate", gate if not w.producers else None)
+    first = w.commit([w.decision(LEADS_0, 5)])
+    await asyncio.sleep(0.01)
+    second = w.commit([w.decision(LEADS_0, 6)])  # decided on the first's pending write
+    await asyncio.sleep(0.01)
+    assert w.calls.count("begin") == 1  # a second producer is no reason to begin beside it
+    gate.set()
+    assert await asyncio.gather(*first, *second) == [True, True]
+    assert w.calls.index("commit") < w.calls.index("begin", 1)
+    third = w.commit([w.decision(ROUTING_0, 9)])
+    assert await asyncio.gather(*third) == [True]
+    assert w.ids == ["app-worker-1", "app-worker-1.1"]
+    assert [p.begun for p in w.producers] == [2, 1]  # turns: first, second, first again
+    assert w.stores[LEADS_0].get(b"k") == b"leads@6"
+    await w.txns.stop()
+    assert all(p.stopped for p in w.producers)
+
+
+async def test_an_unknown_outcome_replaces_that_turns_producer_and_the_next_takes_the_other(
+        ) -> None:
+    w = Worker(producers=2)
+    def failing(producer: FakeProducer) -> None:
+        if not w.producers:  # the first producer's commit and abort fail
+            producer.fail_commit, producer.fail_abort = KafkaTimeoutError(), True
+
+    w.prepare = failing
+    assert await asyncio.gather(*w.commit([w.decision(LEADS_0, 5)])) == [False]
+    assert [(t, r) for t, _e, r, _w in w.control.abandoned] == [(LEADS_0, "commit_unknown")]
+    # the open transaction is settled by a new producer with the same transactional id
+    assert w.ids == ["app-worker-1", "app-worker-1"] and w.producers[0].stopped
+    assert await asyncio.gather(*w.commit([w.decision(ROUTING_0, 9)])) == [True]
+    assert w.ids[2:] == ["app-worker-1.1"] and w.producers[2].begun == 1
+    assert w.stores[ROUTING_0].get(b"k") == b"routing@9"
 
 
 def test_transactional_ids_are_unique_per_worker_in_one_process() -> None:

@@ -126,7 +126,9 @@ async def _aiokafka_loop(spec: LoopSpec, stats: LoopStats, ready: Event, stop: E
     tuning.apply()
     transactional = spec.variant != "aiokafka-alo"
     names = ([f"{spec.group}-{p}" for p in range(spec.partitions)]
-             if spec.variant == "aiokafka-per-partition" else [f"{spec.group}-all"])
+             if spec.variant == "aiokafka-per-partition" else
+             [f"{spec.group}-a", f"{spec.group}-b"] if spec.variant == "aiokafka-pipelined"
+             else [f"{spec.group}-all"])
     producers = [AIOKafkaProducer(
         bootstrap_servers=spec.bootstrap, acks="all", linger_ms=1,
         transactional_id=name if transactional else None,
@@ -169,6 +171,9 @@ async def _aiokafka_loop(spec: LoopSpec, stats: LoopStats, ready: Event, stop: E
         while len(consumer.assignment()) < spec.partitions and time.time() < spec.deadline:
             await consumer.getmany(timeout_ms=100)
         ready.set()
+        if spec.variant in ("aiokafka-ahead", "aiokafka-pipelined"):
+            await _fetch_while_committing(spec, stats, consumer, producers, stop, tuning)
+            return
         while not stop.is_set() and time.time() < spec.deadline:
             fetched = await consumer.getmany(timeout_ms=100,
                                              max_records=MAX_BATCH * spec.partitions)
@@ -183,6 +188,82 @@ async def _aiokafka_loop(spec: LoopSpec, stats: LoopStats, ready: Event, stop: E
         await consumer.stop()
         for producer in producers:
             await producer.stop()
+
+
+@dataclass
+class _OpenTxn:
+    """A transaction that records join until the one before it has committed."""
+
+    producer: Any
+    clock: _Clock = field(default_factory=_Clock)
+    offsets: dict[Any, int] = field(default_factory=dict)
+    acks: list[Any] = field(default_factory=list)
+    records: int = 0
+
+
+async def _fetch_while_committing(spec: LoopSpec, stats: LoopStats, consumer: Any,
+                                  producers: list[Any], stop: Event, tuning: Any) -> None:
+    """The loop fetches on while a transaction commits. "ahead" (the router's worker_txn.py
+    today): what arrives meanwhile is sent in the next transaction, begun once the running
+    one has committed. "pipelined": the next transaction is already open on a second
+    producer, so its AddPartitionsToTxn and produce run beside the running commit; its
+    offsets and EndTxn wait for that commit (a task's state builds on it)."""
+    from collections import deque
+
+    pipelined = spec.variant == "aiokafka-pipelined"
+    free = deque(producers)
+    open_txn: _OpenTxn | None = None
+    committing: asyncio.Task[None] | None = None
+
+    async def send(txn: _OpenTxn, fetched: dict[Any, list[Any]]) -> None:
+        for records in fetched.values():
+            txn.acks.extend([await txn.producer.send(spec.output_topic, transform(r.value),
+                                                     key=r.key, partition=r.partition)
+                             for r in records])
+            txn.offsets[records[0].topic, records[0].partition] = records[-1].offset + 1
+            txn.records += len(records)
+
+    async def finish(txn: _OpenTxn) -> None:
+        from aiokafka import TopicPartition
+
+        if tuning.acks_before_offsets:
+            await asyncio.gather(*txn.acks)
+        txn.clock.step("produce")
+        await txn.producer.send_offsets_to_transaction(
+            {TopicPartition(t, p): o for (t, p), o in txn.offsets.items()}, spec.group)
+        txn.clock.step("offsets")
+        await txn.producer.commit_transaction()
+        txn.clock.step("commit")
+        stats.batch_done(txn.records, txn.clock.steps)
+        free.append(txn.producer)
+
+    buffered: list[dict[Any, list[Any]]] = []
+    while not stop.is_set() and time.time() < spec.deadline:
+        waiting = open_txn is not None or bool(buffered)
+        fetched = await consumer.getmany(timeout_ms=2 if waiting else 100,
+                                         max_records=MAX_BATCH * spec.partitions)
+        if fetched and pipelined:
+            if open_txn is None:
+                open_txn = _OpenTxn(free.popleft())
+                await open_txn.producer.begin_transaction()
+            await send(open_txn, fetched)
+        elif fetched:
+            buffered.append(fetched)
+        if committing is not None and committing.done():
+            committing.result()  # a failed commit ends the run with its error
+            committing = None
+        if committing is None and open_txn is not None:
+            committing = asyncio.create_task(finish(open_txn))
+            open_txn = None
+        elif committing is None and buffered:
+            txn = _OpenTxn(free.popleft())
+            await txn.producer.begin_transaction()
+            for batch in buffered:
+                await send(txn, batch)
+            buffered = []
+            committing = asyncio.create_task(finish(txn))
+    if committing is not None:
+        await committing
 
 
 # -- confluent-kafka (librdkafka) ------------------------------------------------------------
@@ -295,6 +376,11 @@ VARIANTS: dict[str, str] = {
                               " router's way), txn_tuning defaults",
     "aiokafka-one": "aiokafka, one transactional producer for all partitions, txn_tuning"
                     " defaults",
+    "aiokafka-ahead": "aiokafka, one transactional producer, fetching on while it commits;"
+                      " what arrives meanwhile goes in the next transaction (the router's"
+                      " worker_txn)",
+    "aiokafka-pipelined": "aiokafka, two transactional producers: the next transaction is open"
+                          " and producing while the one before commits",
     "confluent-one": "confluent-kafka, one transactional producer, KIP-447 offsets",
     "confluent-one-2ms": "confluent-kafka, one transactional producer, KIP-447 offsets,"
                          " retry.backoff.ms 2 (txn_tuning's 2 ms backoff)",

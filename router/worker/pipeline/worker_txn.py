@@ -1,4 +1,4 @@
-"""Exactly-once commits with ONE transactional producer per worker (txn_tuning:
+"""Exactly-once commits with ONE transaction at a time per worker (txn_tuning:
 worker_transactions), as Kafka Streams' exactly_once_v2: every task decided while the previous
 transaction commits joins the next one,
 
@@ -17,7 +17,13 @@ its restore reads the changelog until the input offsets it carries reach those (
 
 The loop does not wait for a transaction to decide the next batch of its tasks: that batch
 reads the writes not yet committed (pending.py) and joins the next transaction, which begins
-as the running one ends. When a transaction fails, its tasks' later batches are dropped with
+as the running one ends, on the other of two producers (txn_tuning: worker_producers): the
+broker answers EndTxn before it writes the commit markers, and until they are written it
+holds the same producer's next transaction (CONCURRENT_TRANSACTIONS), not another's. The next
+transaction still begins only once the one before has committed, so what it writes, decided
+on top of that one, can never outlive an abort of it; the group coordinator keeps the offsets
+of the later TxnOffsetCommit whichever marker it applies first (it compares their positions
+in the offsets log). When a transaction fails, its tasks' later batches are dropped with
 it before the next one begins, and the tasks' records are held until they are rewound or
 reset (`_fail`, `_settle`).
 
@@ -88,7 +94,9 @@ class WorkerTransactions(ExactlyOnceCommits):
         self.make_producer = make_producer
         self.transactional_id = transactional_id
         self.group = group  # the member's generation when the offsets are sent
-        self.producer: AIOKafkaProducer | None = None
+        # the producers the transactions take turn on, and the one the next runs on
+        self._producers: list[AIOKafkaProducer | None] = [None] * tuning.worker_producers
+        self._turn = 0
         self._next: _Transaction | None = None  # open to more batches until it begins
         self._running: asyncio.Task[None] | None = None  # the one transaction committing
         self._running_txn: _Transaction | None = None
@@ -158,10 +166,20 @@ class WorkerTransactions(ExactlyOnceCommits):
         self.pending.clear()
         await super().drain()
 
+    @property
+    def producer(self) -> AIOKafkaProducer | None:
+        """The producer whose turn it is (the running transaction's while one runs)."""
+        return self._producers[self._turn]
+
+    def turn_id(self, turn: int) -> str:
+        """The transactional id of each turn: the worker's own, then one more per producer."""
+        return self.transactional_id if turn == 0 else f"{self.transactional_id}.{turn}"
+
     async def stop(self) -> None:
-        if self.producer is not None:
-            await stop_producer(self.producer)
-            self.producer = None
+        for turn, producer in enumerate(self._producers):
+            if producer is not None:
+                self._producers[turn] = None
+                await stop_producer(producer)
 
     async def _run(self, txn: _Transaction) -> None:
         if txn.clock:
@@ -179,6 +197,8 @@ class WorkerTransactions(ExactlyOnceCommits):
             raise
         finally:
             self._running, self._running_txn = None, None
+            # whatever the outcome: the other producer is not held by this one's markers
+            self._turn = (self._turn + 1) % len(self._producers)
         self._settle()
         if not self.deciding:  # else the loop begins it with the whole fetch decided
             self.flush()
@@ -211,15 +231,17 @@ class WorkerTransactions(ExactlyOnceCommits):
                         outcome.set_exception(exc)
 
     async def _ready_producer(self) -> AIOKafkaProducer:
-        if self.producer is None:
-            producer = self.make_producer(self.transactional_id)
+        turn = self._turn
+        current = self._producers[turn]
+        if current is None:
+            current = self.make_producer(self.turn_id(turn))
             try:
-                await producer.start()
+                await current.start()
             except BaseException:
-                await stop_producer(producer)
+                await stop_producer(current)
                 raise
-            self.producer = producer
-        return self.producer
+            self._producers[turn] = current
+        return current
 
     async def _transact_all(self, txn: _Transaction) -> None:
         decisions, clock = txn.decisions, txn.clock
@@ -333,8 +355,9 @@ class WorkerTransactions(ExactlyOnceCommits):
         await producer.abort_transaction()
 
     async def _drop_producer(self) -> None:
-        if self.producer is not None:
-            await stop_producer(self.producer)
-            self.producer = None
+        producer = self._producers[self._turn]
+        if producer is not None:
+            self._producers[self._turn] = None
+            await stop_producer(producer)
 
 
