@@ -148,24 +148,11 @@ async def _aiokafka_loop(spec: LoopSpec, stats: LoopStats, ready: Event, stop: E
 
     async def commit(producer: AIOKafkaProducer, batch: dict[TopicPartition, list[Any]]
                      ) -> None:
-        clock = _Clock()
-        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        txn = _OpenTxn(producer)
         if transactional:
             await producer.begin_transaction()
-        acks = [await producer.send(spec.output_topic, transform(r.value), key=r.key,
-                                    partition=r.partition)
-                for records in batch.values() for r in records]
-        if tuning.acks_before_offsets or not transactional:  # why: txn_tuning.py
-            await asyncio.gather(*acks)
-        clock.step("produce")
-        if transactional:
-            await producer.send_offsets_to_transaction(offsets, spec.group)
-            clock.step("offsets")
-            await producer.commit_transaction()
-        else:
-            await consumer.commit(offsets)
-        clock.step("commit")
-        stats.batch_done(sum(len(r) for r in batch.values()), clock.steps)
+        await _send(spec, txn, batch)
+        await _finish(spec, stats, tuning, txn, None if transactional else consumer)
 
     try:
         while len(consumer.assignment()) < spec.partitions and time.time() < spec.deadline:
@@ -192,13 +179,40 @@ async def _aiokafka_loop(spec: LoopSpec, stats: LoopStats, ready: Event, stop: E
 
 @dataclass
 class _OpenTxn:
-    """A transaction that records join until the one before it has committed."""
+    """A batch's transaction (or at-least-once commit), open to more records until finished."""
 
     producer: Any
     clock: _Clock = field(default_factory=_Clock)
     offsets: dict[Any, int] = field(default_factory=dict)
     acks: list[Any] = field(default_factory=list)
     records: int = 0
+
+
+async def _send(spec: LoopSpec, txn: _OpenTxn, fetched: dict[Any, list[Any]]) -> None:
+    """Each record transformed to the output partition of its input's number."""
+    for tp, records in fetched.items():
+        txn.acks.extend([await txn.producer.send(spec.output_topic, transform(r.value),
+                                                 key=r.key, partition=r.partition)
+                         for r in records])
+        txn.offsets[tp] = records[-1].offset + 1
+        txn.records += len(records)
+
+
+async def _finish(spec: LoopSpec, stats: LoopStats, tuning: Any, txn: _OpenTxn,
+                  consumer: Any = None) -> None:
+    """Acks, then the offsets in the transaction and its commit (with `consumer`: at-least-
+    once, the offsets committed by the consumer after the acks)."""
+    if tuning.acks_before_offsets or consumer is not None:  # why: txn_tuning.py
+        await asyncio.gather(*txn.acks)
+    txn.clock.step("produce")
+    if consumer is None:
+        await txn.producer.send_offsets_to_transaction(txn.offsets, spec.group)
+        txn.clock.step("offsets")
+        await txn.producer.commit_transaction()
+    else:
+        await consumer.commit(txn.offsets)
+    txn.clock.step("commit")
+    stats.batch_done(txn.records, txn.clock.steps)
 
 
 async def _fetch_while_committing(spec: LoopSpec, stats: LoopStats, consumer: Any,
@@ -215,26 +229,8 @@ async def _fetch_while_committing(spec: LoopSpec, stats: LoopStats, consumer: An
     open_txn: _OpenTxn | None = None
     committing: asyncio.Task[None] | None = None
 
-    async def send(txn: _OpenTxn, fetched: dict[Any, list[Any]]) -> None:
-        for records in fetched.values():
-            txn.acks.extend([await txn.producer.send(spec.output_topic, transform(r.value),
-                                                     key=r.key, partition=r.partition)
-                             for r in records])
-            txn.offsets[records[0].topic, records[0].partition] = records[-1].offset + 1
-            txn.records += len(records)
-
     async def finish(txn: _OpenTxn) -> None:
-        from aiokafka import TopicPartition
-
-        if tuning.acks_before_offsets:
-            await asyncio.gather(*txn.acks)
-        txn.clock.step("produce")
-        await txn.producer.send_offsets_to_transaction(
-            {TopicPartition(t, p): o for (t, p), o in txn.offsets.items()}, spec.group)
-        txn.clock.step("offsets")
-        await txn.producer.commit_transaction()
-        txn.clock.step("commit")
-        stats.batch_done(txn.records, txn.clock.steps)
+        await _finish(spec, stats, tuning, txn)
         free.append(txn.producer)
 
     buffered: list[dict[Any, list[Any]]] = []
@@ -246,7 +242,7 @@ async def _fetch_while_committing(spec: LoopSpec, stats: LoopStats, consumer: An
             if open_txn is None:
                 open_txn = _OpenTxn(free.popleft())
                 await open_txn.producer.begin_transaction()
-            await send(open_txn, fetched)
+            await _send(spec, open_txn, fetched)
         elif fetched:
             buffered.append(fetched)
         if committing is not None and committing.done():
@@ -259,7 +255,7 @@ async def _fetch_while_committing(spec: LoopSpec, stats: LoopStats, consumer: An
             txn = _OpenTxn(free.popleft())
             await txn.producer.begin_transaction()
             for batch in buffered:
-                await send(txn, batch)
+                await _send(spec, txn, batch)
             buffered = []
             committing = asyncio.create_task(finish(txn))
     if committing is not None:
