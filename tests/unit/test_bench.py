@@ -3,8 +3,10 @@ peak RSS parsing, ratios and targets, the table, the JSON line, the event mix an
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +26,7 @@ from router.harness.bench.load import (
     probe_touchpoint,
 )
 from router.harness.bench.measure import (
+    loop_lag,
     parse_cpu_seconds,
     parse_vmhwm,
     percentile,
@@ -224,6 +227,19 @@ def test_render_table_shows_figures_ratios_and_verdicts() -> None:
     assert "CPU in use" not in table
     with_cpu = render_table(_result(r1_worker_cpu_cores=0.9, r1_broker_cpu_cores=0.6))
     assert "0.90 / 0.60 cores" in with_cpu
+    assert "loop lag" not in table
+    with_lag = render_table(_result(bench_loop_lag_p99_ms=4.7))
+    assert "5 ms" in next(line for line in with_lag.splitlines() if "loop lag" in line)
+
+
+async def test_loop_lag_measures_a_blocked_loop_and_stops_at_its_deadline() -> None:
+    lags: list[float] = []
+    task = asyncio.create_task(loop_lag(lags, time.monotonic() + 0.2, interval=0.005))
+    await asyncio.sleep(0.02)
+    time.sleep(0.05)  # the loop is blocked: the sleeper wakes ~50 ms late
+    await asyncio.wait_for(task, 1.0)  # it ends by itself after its deadline
+    assert max(lags) >= 40
+    assert len(lags) >= 5
 
 
 def test_json_line_has_every_figure_and_the_verdicts() -> None:

@@ -52,6 +52,16 @@ def throughput(samples: Sequence[tuple[float, int]], lo: float, hi: float,
     return (c2 - c1) / (t2 - t1)
 
 
+async def loop_lag(lags_ms: list[float], until: float, interval: float = 0.005) -> None:
+    """How late this event loop wakes a 5 ms sleeper, until `until` (monotonic s): the load
+    generator shares its loop with the probes and the reader, so its own delay is inside every
+    latency it measures."""
+    while time.monotonic() < until:
+        asked = time.monotonic()
+        await asyncio.sleep(interval)
+        lags_ms.append((time.monotonic() - asked - interval) * 1000)
+
+
 def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else 0.0
 

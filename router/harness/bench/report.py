@@ -138,6 +138,9 @@ def render_table(result: dict[str, Any]) -> str:
             f"/{r[out + '_max_ms']:.0f} ms",
             _verdict(r, f"{out}_p99_ms"),
         ))
+    if "bench_loop_lag_p99_ms" in r:  # inside every figure above it
+        rows.append(("  ... the load generator's own loop lag, p99",
+                     f"{r['bench_loop_lag_p99_ms']:>10.0f} ms", ""))
     rows.append(("worker peak RSS (1 worker / 2 workers)",
                  f"{r['worker_peak_rss_mb']:.0f} / {r['worker_2w_peak_rss_mb']:.0f} MB", ""))
     if "rss_mb_per_100k_leads" in r:
