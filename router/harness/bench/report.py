@@ -138,7 +138,7 @@ def render_table(result: dict[str, Any]) -> str:
             f"/{r[out + '_max_ms']:.0f} ms",
             _verdict(r, f"{out}_p99_ms"),
         ))
-    if "bench_loop_lag_p99_ms" in r:  # inside every figure above it
+    if "bench_loop_lag_p99_ms" in r:  # inside the two latency rows above it
         rows.append(("  ... the load generator's own loop lag, p99",
                      f"{r['bench_loop_lag_p99_ms']:>10.0f} ms", ""))
     rows.append(("worker peak RSS (1 worker / 2 workers)",
