@@ -55,19 +55,14 @@ class FakeProducer:
         self.start_gate: asyncio.Event | None = None  # set: start waits for it
         self.fail_commit_once: BaseException | None = None  # set: the next commit raises it
         self.begun = 0  # transactions begun on this producer
-        self.offsets_gate: asyncio.Event | None = None  # set: send_offsets waits for it
-        self.tag = ""  # set: before each call noted (which producer made it)
-
-    def _note(self, call: str) -> None:
-        self.calls.append(self.tag + call)
 
     async def begin_transaction(self) -> None:
-        self._note("begin")
+        self.calls.append("begin")
         self.begun += 1
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None,
                    partition: int | None = None) -> asyncio.Future[Meta]:
-        self._note(f"send {topic}")
+        self.calls.append(f"send {topic}")
         if self.fail_send is not None:
             raise self.fail_send
         if self.ack is not None:
@@ -81,26 +76,24 @@ class FakeProducer:
 
     async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int
                          ) -> asyncio.Future[Meta]:
-        self._note(f"changelog {topic}[{partition}] {len(batch.records)}")
+        self.calls.append(f"changelog {topic}[{partition}] {len(batch.records)}")
         future: asyncio.Future[Meta] = asyncio.get_running_loop().create_future()
         future.set_result(Meta(100))
         return future
 
     async def send_offsets_to_transaction(self, offsets: dict[TopicPartition, int],
                                           group_id: str) -> None:
-        if self.offsets_gate is not None:
-            await self.offsets_gate.wait()
         if set(offsets) == {TP}:
-            self._note(f"offsets {offsets[TP]} {group_id}")
+            self.calls.append(f"offsets {offsets[TP]} {group_id}")
         else:
-            self._note(f"offsets {sorted((tp.topic, o) for tp, o in offsets.items())}")
+            self.calls.append(f"offsets {sorted((tp.topic, o) for tp, o in offsets.items())}")
         if self.fail_offsets is not None:
             raise self.fail_offsets
 
     async def commit_transaction(self) -> None:
         if self.commit_gate is not None:
             await self.commit_gate.wait()
-        self._note("commit")
+        self.calls.append("commit")
         if self.fail_commit is not None:
             raise self.fail_commit
         if self.fail_commit_once is not None:
@@ -108,7 +101,7 @@ class FakeProducer:
             raise failure
 
     async def abort_transaction(self) -> None:
-        self._note("abort")
+        self.calls.append("abort")
         if self.fail_abort:
             raise KafkaTimeoutError()
 

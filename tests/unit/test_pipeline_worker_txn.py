@@ -1,8 +1,7 @@
 """One transaction per worker (router/worker/pipeline/worker_txn.py) with fake producers (no
 broker): the tasks decided together commit in one transaction, each task's state only after
-it; batches decided while a transaction commits join the next one, which begins beside it
-once its records are acked and sends its offsets and commits each after it (or aborts with
-it), and read the writes not yet committed (a failed transaction drops them); a refused
+it; batches decided while a transaction commits join the next one, never a second one beside
+it, and read the writes not yet committed (a failed transaction drops them); a refused
 generation, an abort, an unknown outcome and a fenced producer each reach every task of the
 transaction, and none reaches a store. The real broker runs in
 tests/integration/test_exactly_once.py (both commit scopes) and test_kip447.py (the fencing)."""
@@ -22,15 +21,7 @@ from router.worker.pipeline.stage import Decision, StageSpec
 from router.worker.pipeline.store import PartitionStore
 from router.worker.pipeline.txn_tuning import TxnTuning
 from router.worker.pipeline.worker_txn import WorkerTransactions, worker_transactional_id
-from tests.unit.pipeline_fakes import (
-    TOPIC,
-    TP,
-    FakeControl,
-    FakeProducer,
-    Meta,
-    RecordingStore,
-    stage,
-)
+from tests.unit.pipeline_fakes import TOPIC, TP, FakeControl, FakeProducer, RecordingStore, stage
 
 ROUTING_TOPIC = "t.routing-input"
 RTP = TopicPartition(ROUTING_TOPIC, 0)
@@ -46,7 +37,7 @@ def routing_stage() -> StageSpec:
 class Worker:
     """WorkerTransactions over two active tasks (leads 0, routing 0), each with its store."""
 
-    def __init__(self, producers: int = 1, overlap: bool = True) -> None:
+    def __init__(self, producers: int = 1) -> None:
         self.calls: list[str] = []
         self.ids: list[str] = []
         self.producers: list[FakeProducer] = []
@@ -61,8 +52,7 @@ class Worker:
         self.txns = WorkerTransactions(
             self.core, {LEADS: stage(), ROUTING: routing_stage()}, self.stores,
             group_id="leadrouter",
-            tuning=TxnTuning(worker_transactions=True, worker_producers=producers,
-                             overlap_transactions=overlap),
+            tuning=TxnTuning(worker_transactions=True, worker_producers=producers),
             control=self.control, make_producer=self._make, transactional_id="app-worker-1",
             group=lambda: GROUP)
 
@@ -268,9 +258,8 @@ async def test_a_fenced_producer_abandons_every_task() -> None:
 
 async def test_transactions_take_turns_on_two_producers_each_after_the_one_before() -> None:
     """The broker holds a producer's next transaction until the last one's markers are
-    written, not another producer's; without overlap the next waits for the commit before
-    it."""
-    w = Worker(producers=2, overlap=False)
+    written, not another producer's; the next still waits for the commit before it."""
+    w = Worker(producers=2)
     gate = asyncio.Event()
     w.prepare = lambda p: setattr(p, "commit_gate", gate if not w.producers else None)
     first = w.commit([w.decision(LEADS_0, 5)])
@@ -305,150 +294,6 @@ async def test_an_unknown_outcome_replaces_that_turns_producer_and_the_next_take
     assert await asyncio.gather(*w.commit([w.decision(ROUTING_0, 9)])) == [True]
     assert w.ids[2:] == ["app-worker-1.1"] and w.producers[2].begun == 1
     assert w.stores[ROUTING_0].get(b"k") == b"routing@9"
-
-
-def tag_producers(w: Worker, gates: dict[str, asyncio.Event] | None = None) -> None:
-    """Each producer's calls noted with its name (p0, p1, ...); the first one's steps held
-    at the gates given (ack, offsets, commit)."""
-    def prepare(producer: FakeProducer) -> None:
-        producer.tag = f"p{len(w.producers)} "
-        if not w.producers and gates:
-            if "ack" in gates:
-                ack: asyncio.Future[Meta] = asyncio.get_running_loop().create_future()
-                releases.append(asyncio.create_task(_release(gates["ack"], ack)))
-                producer.ack = ack
-            producer.offsets_gate = gates.get("offsets")
-            producer.commit_gate = gates.get("commit")
-
-    w.prepare = prepare
-
-
-releases: list[asyncio.Task[None]] = []  # held acks, each set once its gate opens
-
-
-async def _release(gate: asyncio.Event, ack: asyncio.Future[Meta]) -> None:
-    await gate.wait()
-    ack.set_result(Meta(0))
-
-
-async def test_the_next_transaction_begins_once_the_running_ones_records_are_acked() -> None:
-    w = Worker(producers=2)
-    gates = {"ack": asyncio.Event(), "commit": asyncio.Event()}
-    tag_producers(w, gates)
-    first = w.commit([w.decision(LEADS_0, 5)])
-    await asyncio.sleep(0.01)
-    second = w.commit([w.decision(LEADS_0, 6), w.decision(ROUTING_0, 9)])
-    await asyncio.sleep(0.01)
-    assert w.calls.count("p1 begin") == 0  # its records would race the first's unacked ones
-    gates["ack"].set()
-    await asyncio.sleep(0.01)
-    # beside the first, whose commit is held: records and offsets sent, no commit yet
-    assert "p1 send out.leads" in w.calls and "p1 send out.routing" in w.calls
-    assert w.calls.index("p1 begin") > w.calls.index("p0 offsets 6 leadrouter")
-    assert "p0 commit" not in w.calls and "p1 commit" not in w.calls
-    assert not any(c.startswith("store") for c in w.calls)
-    gates["commit"].set()
-    assert await asyncio.gather(*first, *second) == [True, True, True]
-    # each commit after the one before, and after that one's stores are written
-    assert w.calls.index("p1 commit") > w.calls.index("store @100") > w.calls.index(
-        "p0 commit")
-    assert w.stores[LEADS_0].get(b"k") == b"leads@6"
-    assert w.stores[ROUTING_0].get(b"k") == b"routing@9"
-    assert w.core.tasks[LEADS_0].positions[TP] == 7
-    assert w.txns.view(LEADS_0, w.stores[LEADS_0]) is w.stores[LEADS_0]
-
-
-async def test_the_overlapping_transaction_sends_its_offsets_after_the_running_ones() -> None:
-    """The group coordinator keeps the offsets later in the offsets log: the later
-    transaction's must be there after the earlier's."""
-    w = Worker(producers=2)
-    gates = {"offsets": asyncio.Event()}
-    tag_producers(w, gates)
-    first = w.commit([w.decision(LEADS_0, 5)])
-    await asyncio.sleep(0.01)
-    second = w.commit([w.decision(LEADS_0, 6)])
-    await asyncio.sleep(0.01)
-    assert "p1 send out.leads" in w.calls  # begun beside the first
-    assert not any("offsets" in c for c in w.calls)  # the first's are held, so are its own
-    gates["offsets"].set()
-    assert await asyncio.gather(*first, *second) == [True, True]
-    assert w.calls.index("p1 offsets 7 leadrouter") > w.calls.index("p0 offsets 6 leadrouter")
-    assert w.calls.index("p1 commit") > w.calls.index("p0 commit")
-
-
-async def test_a_third_transaction_waits_for_the_first_of_two_overlapping() -> None:
-    w = Worker(producers=2)
-    gates = {"commit": asyncio.Event()}
-    tag_producers(w, gates)
-    first = w.commit([w.decision(LEADS_0, 5)])
-    await asyncio.sleep(0.01)
-    second = w.commit([w.decision(LEADS_0, 6)])
-    await asyncio.sleep(0.01)
-    third = w.commit([w.decision(ROUTING_0, 9)])
-    await asyncio.sleep(0.01)
-    assert w.calls.count("p0 begin") + w.calls.count("p1 begin") == 2
-    gates["commit"].set()
-    assert await asyncio.gather(*first, *second, *third) == [True, True, True]
-    # the third runs on the first producer again, once the first transaction is over
-    assert w.calls.index("p0 send out.routing") > w.calls.index("p0 commit")
-    assert [p.begun for p in w.producers] == [2, 1]
-
-
-async def test_when_the_running_transaction_fails_the_overlapping_one_aborts() -> None:
-    w = Worker(producers=2)
-    gate = asyncio.Event()
-    def first_fails(producer: FakeProducer) -> None:
-        producer.tag = f"p{len(w.producers)} "
-        if not w.producers:
-            producer.commit_gate, producer.fail_commit_once = gate, KafkaTimeoutError()
-
-    w.prepare = first_fails
-    first = w.commit([w.decision(LEADS_0, 5)])
-    await asyncio.sleep(0.01)
-    # leads 0 decided on the first's pending write, routing 0 on its own store
-    second = w.commit([w.decision(LEADS_0, 6), w.decision(ROUTING_0, 9)])
-    await asyncio.sleep(0.01)
-    assert "p1 offsets" in " ".join(w.calls)  # overlapping, waiting for the first's commit
-    third_waits = w.commit([w.decision(ROUTING_0, 10)])  # begins after both are over
-    gate.set()
-    assert await asyncio.gather(*first, *second) == [False, False, False]
-    assert "p1 commit" not in w.calls and w.calls.index("p1 abort") > w.calls.index("p0 abort")
-    assert {(t, r) for t, _e, r in w.control.rewound} == {
-        (LEADS_0, "aborted"), (LEADS_0, "previous_aborted"), (ROUTING_0, "previous_aborted")}
-    assert not any(c.startswith("store") for c in w.calls)
-    assert w.txns.view(LEADS_0, w.stores[LEADS_0]) is w.stores[LEADS_0]
-    assert w.core.tasks[LEADS_0].positions[TP] == 5
-    # routing 0's next batch was decided on the aborted one's write: it is dropped too
-    assert await asyncio.gather(*third_waits) == [False]
-    assert w.calls.count("p0 begin") + w.calls.count("p1 begin") == 2
-    await asyncio.wait_for(w.txns.drain(), 5)
-    # the tasks decide again from their positions and commit
-    assert await asyncio.gather(*w.commit([w.decision(LEADS_0, 5)])) == [True]
-    assert w.stores[LEADS_0].get(b"k") == b"leads@5"
-
-
-async def test_a_refused_generation_in_the_running_transaction_aborts_the_overlapping_one(
-        ) -> None:
-    w = Worker(producers=2)
-    gate = asyncio.Event()
-    refused = StaleGeneration("ILLEGAL_GENERATION", "leadrouter", 22)
-    def refuse_first(producer: FakeProducer) -> None:
-        producer.tag = f"p{len(w.producers)} "
-        if not w.producers:
-            producer.offsets_gate, producer.fail_offsets = gate, refused
-
-    w.prepare = refuse_first
-    first = w.commit([w.decision(LEADS_0, 5)])
-    await asyncio.sleep(0.01)
-    second = w.commit([w.decision(ROUTING_0, 9)])
-    await asyncio.sleep(0.01)
-    gate.set()
-    results = await asyncio.wait_for(asyncio.gather(*first, *second), 5)  # no deadlock
-    assert results == [False, False]
-    assert "p1 commit" not in w.calls
-    assert not any(c.startswith("p1 offsets") for c in w.calls)  # it never sent its own
-    assert {(t, r) for t, _e, r in w.control.rewound} == {
-        (LEADS_0, "stale_generation"), (ROUTING_0, "previous_aborted")}
 
 
 def test_transactional_ids_are_unique_per_worker_in_one_process() -> None:

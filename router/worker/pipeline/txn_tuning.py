@@ -36,12 +36,7 @@ The switches (LEADROUTER_TXN_TUNING="name=value,...", read once per worker proce
   written the commit markers, and the same transactional id's next AddPartitionsToTxn gets
   CONCURRENT_TRANSACTIONS until they are written: 2-4 tries and 10-20 ms of each transaction
   under light load (README "Measured", "Taking turns on two producers"). Another producer's
-  transaction is not held by them.
-- overlap_transactions (1; 0: the next transaction begins once the one before has committed):
-  with two producers or more, the next transaction begins as soon as the running one's
-  records are acknowledged, and sends its offsets and commits each only after the running
-  one has (worker_txn.py). A record decided while a transaction commits waited for the whole
-  of it (its offsets and EndTxn round trips) before its own began.
+  transaction is not held by them; it still begins only once the one before has committed.
 """
 
 from __future__ import annotations
@@ -63,7 +58,6 @@ class TxnTuning:
     max_concurrent_commits: int = 0
     worker_transactions: bool = True
     worker_producers: int = 2
-    overlap_transactions: bool = True
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> TxnTuning:

@@ -16,30 +16,16 @@ require_stable, which waits for any transaction still holding offsets of its par
 its restore reads the changelog until the input offsets it carries reach those (restore.py).
 
 The loop does not wait for a transaction to decide the next batch of its tasks: that batch
-reads the writes not yet committed (pending.py) and joins the next transaction, on the other
-of two producers (txn_tuning: worker_producers): the broker answers EndTxn before it writes
-the commit markers, and until they are written it holds the same producer's next transaction
-(CONCURRENT_TRANSACTIONS), not another's.
-
-Two transactions overlap (txn_tuning: overlap_transactions): the next begins once the running
-one's records are acknowledged, so its AddPartitionsToTxn and produce run beside the running
-one's offsets and EndTxn, and each of its later steps waits for the same step of the one
-before (`_transact_all`):
-
-    running:  begin, produce, acks | offsets |                   | EndTxn, stores |
-    next:                          | begin, produce, acks | offsets |              | EndTxn
-
-- its records follow the running one's in every partition (it sends once those are acked),
-  so a changelog and an output keep their order;
-- its TxnOffsetCommit follows the running one's in the offsets log, and the group coordinator
-  keeps the offsets later in that log whichever commit marker it applies first;
-- it commits only once the running one has committed and written its stores: what it carries
-  was decided on top of that one, so if that one fails it aborts too, and a worker that dies
-  leaves both open until their timeout aborts them.
-
-When a transaction fails, its tasks' later batches are dropped with it: those waiting to
-begin are taken out, and the one overlapping it aborts, before its tasks' records are decided
-again (`_fail`, `_settle`).
+reads the writes not yet committed (pending.py) and joins the next transaction, which begins
+as the running one ends, on the other of two producers (txn_tuning: worker_producers): the
+broker answers EndTxn before it writes the commit markers, and until they are written it
+holds the same producer's next transaction (CONCURRENT_TRANSACTIONS), not another's. The next
+transaction still begins only once the one before has committed, so what it writes, decided
+on top of that one, can never outlive an abort of it; the group coordinator keeps the offsets
+of the later TxnOffsetCommit whichever marker it applies first (it compares their positions
+in the offsets log). When a transaction fails, its tasks' later batches are dropped with
+it before the next one begins, and the tasks' records are held until they are rewound or
+reset (`_fail`, `_settle`).
 
 What is shared with a producer per task (eos_commit.py): the records held, the failed-commit
 seek back (`admit`), and `drain`.
@@ -85,28 +71,16 @@ def worker_transactional_id(app_id: str) -> str:
     return f"{app_id}-worker-{socket.gethostname()}-{os.getpid()}-{next(_PRODUCERS)}"
 
 
-class _PreviousFailed(Exception):
-    """The transaction before this one did not commit: this one was decided on top of it."""
-
-
 @dataclass(slots=True)
 class _Transaction:
-    """The decided batches of one transaction, open to more until it begins, each task's
-    outcome in it (True: committed and applied to the task's store and positions), and how
-    far it has gone (what the transaction overlapping it waits for)."""
+    """The decided batches of one transaction, open to more until it begins, and each task's
+    outcome in it (True: committed and applied to the task's store and positions)."""
 
     decisions: list[Decision] = field(default_factory=list)
     outcomes: dict[TaskId, asyncio.Future[bool]] = field(default_factory=dict)
     records: int = 0  # input records decided into it
     clock: StepClock | None = field(
         default_factory=lambda: StepClock() if trace.isEnabledFor(logging.DEBUG) else None)
-    turn: int = 0  # the producer it runs on
-    produced: asyncio.Event = field(default_factory=asyncio.Event)  # its records acked
-    offsets_sent: asyncio.Event = field(default_factory=asyncio.Event)
-    # committed and its stores written (True), or failed (False)
-    ended: asyncio.Future[bool] | None = None
-    doomed: bool = False  # it failed, or the one before it did: nothing begins after it
-    task: asyncio.Task[None] | None = None
 
 
 class WorkerTransactions(ExactlyOnceCommits):
@@ -124,8 +98,8 @@ class WorkerTransactions(ExactlyOnceCommits):
         self._producers: list[AIOKafkaProducer | None] = [None] * tuning.worker_producers
         self._turn = 0
         self._next: _Transaction | None = None  # open to more batches until it begins
-        self._running: list[_Transaction] = []  # begun, oldest first (two at most)
-        self._overlap = tuning.overlap_transactions and tuning.worker_producers > 1
+        self._running: asyncio.Task[None] | None = None  # the one transaction committing
+        self._running_txn: _Transaction | None = None
         self.pending = PendingWrites()  # decided, not yet committed: what the next batch reads
         # tasks whose transaction failed, until they are rewound or reset: their outcomes
         self._settling: dict[TaskId, list[asyncio.Future[bool]]] = {}
@@ -152,20 +126,13 @@ class WorkerTransactions(ExactlyOnceCommits):
         return commits
 
     def flush(self) -> None:
-        """Begin the next transaction: at once when none is running, beside the running one
-        once that one's records are acknowledged (overlap_transactions), else as it ends."""
-        if self._next is None:
-            return
-        previous = self._running[-1] if self._running else None
-        if previous is not None and not (
-                self._overlap and len(self._running) == 1 and previous.produced.is_set()
-                and not previous.doomed):
+        """Begin the next transaction, unless one is running (it then begins as that one
+        ends)."""
+        if self._running is not None or self._next is None:
             return
         txn, self._next = self._next, None  # from here on, decisions join the next one
-        txn.turn, self._turn = self._turn, (self._turn + 1) % len(self._producers)
-        txn.ended = asyncio.get_running_loop().create_future()
-        self._running.append(txn)
-        txn.task = asyncio.create_task(self._run(txn, previous))
+        self._running_txn = txn
+        self._running = asyncio.create_task(self._run(txn))
 
     def holds_records_of(self, task_id: TaskId) -> bool:
         # a task's next batch reads its pending writes instead of waiting for them, unless
@@ -184,29 +151,24 @@ class WorkerTransactions(ExactlyOnceCommits):
         loop waits for the transaction running, below it decides ahead. Deciding ahead at
         full load measured no faster and 40 MB more peak RSS per 100k leads (README)."""
         limit = batch_size * max(1, len(self.core.tasks))
-        while self._running and self._in_flight() + incoming > limit:
-            await asyncio.wait([self._oldest()])
+        while self._running is not None and self._in_flight() + incoming > limit:
+            await asyncio.wait([self._running])
 
     def _in_flight(self) -> int:
-        running = sum(txn.records for txn in self._running)
+        running = self._running_txn.records if self._running_txn is not None else 0
         return running + (self._next.records if self._next is not None else 0)
 
-    def _oldest(self) -> asyncio.Task[None]:
-        task = self._running[0].task
-        assert task is not None  # set as it begins
-        return task
-
     async def drain(self) -> None:
-        while self._running or self._next is not None:
+        while self._running is not None or self._next is not None:
             self.flush()
-            if self._running:
-                await asyncio.wait([self._oldest()])
+            if self._running is not None:
+                await asyncio.wait([self._running])
         self.pending.clear()
         await super().drain()
 
     @property
     def producer(self) -> AIOKafkaProducer | None:
-        """The producer the next transaction begins on."""
+        """The producer whose turn it is (the running transaction's while one runs)."""
         return self._producers[self._turn]
 
     def turn_id(self, turn: int) -> str:
@@ -219,19 +181,12 @@ class WorkerTransactions(ExactlyOnceCommits):
                 self._producers[turn] = None
                 await stop_producer(producer)
 
-    async def _run(self, txn: _Transaction, previous: _Transaction | None) -> None:
-        assert txn.ended is not None
+    async def _run(self, txn: _Transaction) -> None:
         if txn.clock:
             txn.clock.step("wait")  # since its first batch was decided
         try:
-            # else every task of it failed before it began
-            committed = await self._transact_all(txn, previous) if txn.decisions else True
-            txn.doomed = not committed
-            txn.produced.set()  # nothing waits on a step this one never reaches
-            txn.offsets_sent.set()
-            txn.ended.set_result(committed)
-            if not committed:
-                await self._abort_later(txn)
+            if txn.decisions:  # else every task of it failed before it began
+                await self._transact_all(txn)
         except asyncio.CancelledError:  # the worker is stopping
             for outcome in txn.outcomes.values():
                 outcome.cancel()
@@ -241,25 +196,10 @@ class WorkerTransactions(ExactlyOnceCommits):
             self._settle(exc)
             raise
         finally:
-            txn.produced.set()
-            txn.offsets_sent.set()
-            if not txn.ended.done():
-                txn.ended.set_result(False)
-            self._running.remove(txn)
+            self._running, self._running_txn = None, None
+            # whatever the outcome: the other producer is not held by this one's markers
+            self._turn = (self._turn + 1) % len(self._producers)
         self._settle()
-        self._begin_next()
-
-    async def _abort_later(self, txn: _Transaction) -> None:
-        """The transaction overlapping this failed one aborts (it waits for this one's
-        outcome before its EndTxn); its tasks' outcomes are settled with this one's."""
-        later = self._running[self._running.index(txn) + 1:]
-        for after in later:
-            after.doomed = True
-        tasks = [after.task for after in later if after.task is not None]
-        if tasks:
-            await asyncio.wait(tasks)
-
-    def _begin_next(self) -> None:
         if not self.deciding:  # else the loop begins it with the whole fetch decided
             self.flush()
 
@@ -290,7 +230,8 @@ class WorkerTransactions(ExactlyOnceCommits):
                     else:
                         outcome.set_exception(exc)
 
-    async def _ready_producer(self, turn: int) -> AIOKafkaProducer:
+    async def _ready_producer(self) -> AIOKafkaProducer:
+        turn = self._turn
         current = self._producers[turn]
         if current is None:
             current = self.make_producer(self.turn_id(turn))
@@ -302,13 +243,10 @@ class WorkerTransactions(ExactlyOnceCommits):
             self._producers[turn] = current
         return current
 
-    async def _transact_all(self, txn: _Transaction, previous: _Transaction | None) -> bool:
-        """Every step of one transaction, each after the same step of the transaction
-        before it when the two overlap. True when it committed (some tasks may have changed
-        meanwhile: `_fail` has them)."""
+    async def _transact_all(self, txn: _Transaction) -> None:
         decisions, clock = txn.decisions, txn.clock
         try:
-            producer = await self._ready_producer(txn.turn)
+            producer = await self._ready_producer()
             # 1. begin
             await producer.begin_transaction()
             acks: list[asyncio.Future[Any]] = []
@@ -336,32 +274,15 @@ class WorkerTransactions(ExactlyOnceCommits):
                 acks.extend(future for _count, future in sent[task_id])
             if clock:
                 clock.step("queue")
-            if self.tuning.acks_before_offsets or self._overlap:  # why: txn_tuning.py
+            if self.tuning.acks_before_offsets:  # why: txn_tuning.py
                 await asyncio.gather(*acks)
-            txn.produced.set()  # the next transaction may send its records after these
-            self._begin_next()
             if clock:
                 clock.step("add_partitions_and_produce")
-            # 4. every task's consumed offsets, fenced by the member's generation, after the
-            # transaction before this one has sent its own (their order in the offsets log)
-            if previous is not None:
-                await previous.offsets_sent.wait()
-                if previous.doomed:
-                    raise _PreviousFailed("the transaction before this one did not commit")
-                if clock:
-                    clock.step("previous_offsets")
+            # 4. every task's consumed offsets, fenced by the member's generation
             await producer.send_offsets_to_transaction(offsets, self.group())
-            txn.offsets_sent.set()
             if clock:
                 clock.step("offsets")
-            # 5. commit: all of it, or none of it; only after the transaction before this
-            # one has committed, as this one was decided on top of it
-            if previous is not None:
-                assert previous.ended is not None
-                if not await asyncio.shield(previous.ended):
-                    raise _PreviousFailed("the transaction before this one did not commit")
-                if clock:
-                    clock.step("previous_commit")
+            # 5. commit: all of it, or none of it
             await producer.commit_transaction()
             if clock:
                 clock.step("end_txn")
@@ -370,21 +291,18 @@ class WorkerTransactions(ExactlyOnceCommits):
             # a rebalance moved (some of) these partitions: this worker's offsets were
             # refused, so the transaction can only abort; the rebalance revokes the tasks
             await self._after_failure(txn, "stale_generation", exc)
-            return False
-        except _PreviousFailed as exc:
-            await self._after_failure(txn, "previous_aborted", exc)
-            return False
+            return
         except FENCED as exc:
             # another producer took this worker's transactional id (it never should: the id
             # is unique per process); drop it and every task of the batch
             self._fail(txn, list(txn.outcomes))
-            await self._drop_producer(txn.turn)
+            await self._drop_producer()
             for task_id, epoch, _o, _r in decisions:
                 await self.control.abandon(task_id, epoch, "fenced", exc)
-            return False
+            return
         except Exception as exc:  # a broker error, a timeout, a bug in a send path
             await self._after_failure(txn, "aborted", exc)
-            return False
+            return
         # 6. only now each task's store: an aborted transaction leaves no trace in them
         for (task_id, epoch, task_offsets, result), last in zip(decisions, lasts, strict=True):
             if self.core.processed(task_id, epoch, task_offsets):
@@ -399,7 +317,6 @@ class WorkerTransactions(ExactlyOnceCommits):
         if clock:
             trace.debug("txn", extra={"tasks": len(decisions), "outputs": sum(
                 len(d[3].outputs) for d in decisions), "ms": clock.steps})
-        return True
 
     @staticmethod
     async def _last_offsets(decisions: list[Decision],
@@ -415,7 +332,7 @@ class WorkerTransactions(ExactlyOnceCommits):
 
     async def _after_failure(self, txn: _Transaction, reason: str,
                              exc: BaseException) -> None:
-        producer = self._producers[txn.turn]
+        producer = self.producer
         aborted = producer is not None and await abort(producer)
         self._fail(txn, list(txn.outcomes))
         if aborted:
@@ -425,22 +342,22 @@ class WorkerTransactions(ExactlyOnceCommits):
         # the outcome is unknown: a new producer with the same id completes or aborts the
         # open transaction (InitProducerId) before anything else is written; the tasks are
         # initialised again from what the broker then holds
-        await self._drop_producer(txn.turn)
+        await self._drop_producer()
         with contextlib.suppress(Exception):  # else the next transaction's producer does it
-            await self._fresh_producer(txn.turn)
+            await self._fresh_producer()
         for task_id, epoch, _o, _r in txn.decisions:
             await self.control.abandon(task_id, epoch, "commit_unknown", exc)
 
-    async def _fresh_producer(self, turn: int) -> None:
-        producer = await self._ready_producer(turn)
+    async def _fresh_producer(self) -> None:
+        producer = await self._ready_producer()
         # aiokafka's only public wait for InitProducerId: an empty transaction
         await producer.begin_transaction()
         await producer.abort_transaction()
 
-    async def _drop_producer(self, turn: int) -> None:
-        producer = self._producers[turn]
+    async def _drop_producer(self) -> None:
+        producer = self._producers[self._turn]
         if producer is not None:
-            self._producers[turn] = None
+            self._producers[self._turn] = None
             await stop_producer(producer)
 
 
