@@ -13,6 +13,13 @@ Replays: the state carries the offset of the last routing record applied, writte
 state itself. Records at or below it are skipped, so a replay after a crash never applies an
 activity twice (the adapter publishes outputs before it writes state, so skipped records'
 outputs are already on the broker).
+
+Direct delivery (exactly-once, the worker owning the routing partition): the qualifier's
+records are applied here as it decides them, in the transaction that publishes them
+(`process(..., direct=True)`, processor.py `_direct`), and their published copy carries
+"applied_in_transaction": true (`applied_copy`). Reading such a copy back applies nothing: it
+exists only if the transaction that applied it committed. Records handed over directly have
+no offset, so they never move the applied offset.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from router.records import Output, Record, StageResult
 log = logging.getLogger(__name__)
 
 OFFSET_KEY = "meta:offset"
+APPLIED = "applied_in_transaction"
 # SPEC §2.2 and the SLA issue: a rejection or a release sends the lead back to nurture
 RECYCLING_ACTIVITY = frozenset({SalesActivityType.REJECTED, SalesActivityType.RELEASED})
 
@@ -79,6 +87,13 @@ class RoutedBatch(StageResult):
 
 def tick(now: datetime) -> bytes:
     return orjson.dumps({"kind": "tick", "at": now.timestamp()})
+
+
+def applied_copy(value: bytes) -> bytes:
+    """A routing record as published once it was applied in the publishing transaction."""
+    raw = orjson.loads(value)
+    raw[APPLIED] = True
+    return orjson.dumps(raw)
 
 
 class RoutingStage:
@@ -121,7 +136,10 @@ class RoutingStage:
         self._gauges()
 
     def process(self, records: Sequence[Record], now: datetime,
-                load_state: Callable[[], Mapping[bytes, bytes]]) -> RoutedBatch:
+                load_state: Callable[[], Mapping[bytes, bytes]], *,
+                direct: bool = False) -> RoutedBatch:
+        """The records in order. `direct`: handed over by the worker in the transaction that
+        publishes them (no offsets; see the module docstring), not read from the topic."""
         if self.state is None:
             self.load(load_state())
         state = self.state
@@ -129,13 +147,16 @@ class RoutingStage:
         result = RoutedBatch()
         last_offset = self.applied_offset
         for record in records:
-            if record.offset <= self.applied_offset:
-                continue  # already applied before a crash; its outputs are on the broker
-            last_offset = max(last_offset, record.offset)
+            if not direct:
+                if record.offset <= self.applied_offset:
+                    continue  # already applied before a crash; its outputs are on the broker
+                last_offset = max(last_offset, record.offset)
             freed = False
             try:
                 raw: Any = orjson.loads(record.value or b"null")
                 kind = raw.get("kind") if isinstance(raw, dict) else None
+                if not direct and kind is not None and raw.get(APPLIED) is True:
+                    continue  # applied in the transaction that published it
                 if kind == "route":
                     result.decisions += route(RouteRequest.from_json(raw), self.roster,
                                               self.accounts, state, self.rules, now)

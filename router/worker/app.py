@@ -8,7 +8,9 @@ Stages (router.worker.pipeline, one consumer-group member, every input path):
            so one task, one store, one transaction per partition and batch
   routing  the internal routing stream (ONE partition: one decider, so round-robin cursors,
            open-lead counts and queues are exact with any number of workers)
-           -> router.service.routing_stage, state in memory + the "routing-state" changelog
+           -> router.service.routing_stage, state in memory + the "routing-state" changelog;
+           with exactly-once the owner applies its own leads tasks' route requests in the
+           transaction that publishes them (pipeline/processor.py `_direct`)
 
 Timers: the routing partition's owner puts a clock tick on the routing stream every second
 (queue draining, SLA clocks), every worker sends decay records for the MQLs of the lead
@@ -57,13 +59,13 @@ from router.metrics import (
 from router.records import Output, Record, StageResult
 from router.service.leads_stage import LeadsStage
 from router.service.qualifier import Qualifier
-from router.service.routing_stage import RoutingStage, tick
+from router.service.routing_stage import RoutingStage, applied_copy, tick
 from router.settings import Settings, bootstrap_servers
 from router.worker.inspect_views import Inspector, register
 from router.worker.pipeline.assignor import CoPartitionedAssignor
 from router.worker.pipeline.core import LEADS, ROUTING
 from router.worker.pipeline.processor import PartitionProcessor
-from router.worker.pipeline.stage import StageSpec
+from router.worker.pipeline.stage import DirectInput, StageSpec
 from router.worker.pipeline.store import StateView
 
 log = logging.getLogger(__name__)
@@ -141,7 +143,8 @@ class RouterApp:
                        self._leads, settings.partitions),
              StageSpec(ROUTING, (topics.routing,),
                        f"{settings.app_id}-{ROUTING_TABLE}-changelog", ROUTING_TABLE,
-                       self._route, 1, forget=lambda _p: self.routing.forget())],
+                       self._route, 1, forget=lambda _p: self.routing.forget(),
+                       direct=DirectInput(self._route_direct, applied_copy))],
             exactly_once=exactly_once,
             # Tansu has no transactions (and no isolation): read what is there
             read_committed=settings.broker_quirks != "tansu",
@@ -166,6 +169,10 @@ class RouterApp:
     def _route(self, partition: int, records: list[Record], store: StateView,
                now: datetime) -> StageResult:
         return self.routing.process(records, now, lambda: dict(store.items()))
+
+    def _route_direct(self, partition: int, records: list[Record], store: StateView,
+                      now: datetime) -> StageResult:
+        return self.routing.process(records, now, lambda: dict(store.items()), direct=True)
 
     # ---- running -----------------------------------------------------------------------------
 

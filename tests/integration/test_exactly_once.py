@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from router.adapters.topics import Topics
 from router.harness.brokers import LocalBroker
 from router.harness.workers import WorkerProcess
+from router.service.routing_stage import APPLIED
 from tests.integration.builders import rep, wait_ready_with_roster
 from tests.integration.conftest import new_prefix, send, start_worker
 
@@ -168,6 +169,8 @@ async def test_exactly_once_through_sigkills_of_both_workers(
         transitions = await read_committed(broker, topics.transitions)
         assignments = await read_committed(broker, topics.assignments)
         letters = await read_committed(broker, topics.deadletter)
+        routes = [r for r in await read_committed(broker, topics.routing)
+                  if r.get("kind") == "route"]
         # what a reader that does not set read_committed sees too: aborted transactions
         # (the batches in flight at each kill) as repeats
         uncommitted = await read_committed(broker, topics.deadletter, "read_uncommitted")
@@ -193,5 +196,10 @@ async def test_exactly_once_through_sigkills_of_both_workers(
         c for c, n in coordinates.items() if n > 1][:5]
     assert len(coordinates) == BACKGROUND_RECORDS // INVALID_EVERY
     assert {x["reason"] for x in letters} == {"missing_field"}
+    # one worker transaction: the routing partition's owner routes its own leads' SQLs in
+    # the transaction that publishes them (processor._direct), through the kills too
+    applied = sum(1 for r in routes if r.get(APPLIED) is True)
+    print(f"route requests: {len(routes)}, {applied} applied in the publishing transaction")
+    assert (applied > 0) == (scope == "per_worker")
     per_rep = Counter(e["rep_id"] for e in assignments if e["type"] == "lead.assigned")
     assert all(n <= 15 for n in per_rep.values()), per_rep  # capacity held

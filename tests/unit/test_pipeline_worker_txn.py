@@ -29,9 +29,10 @@ LEADS_0, ROUTING_0 = TaskId(LEADS, 0), TaskId(ROUTING, 0)
 GROUP = GroupMetadata("leadrouter", generation_id=3, member_id="member-1")
 
 
-def routing_stage() -> StageSpec:
+def routing_stage(forgotten: list[int] | None = None) -> StageSpec:
     base = stage()
-    return StageSpec(ROUTING, (ROUTING_TOPIC,), "t.routing-changelog", "routing", base.handle, 1)
+    return StageSpec(ROUTING, (ROUTING_TOPIC,), "t.routing-changelog", "routing", base.handle, 1,
+                     forget=(forgotten if forgotten is not None else []).append)
 
 
 class Worker:
@@ -49,8 +50,10 @@ class Worker:
             LEADS_0: RecordingStore(self.calls), ROUTING_0: RecordingStore(self.calls)}
         self.control = FakeControl()
         self.prepare: Callable[[FakeProducer], None] = lambda _producer: None
+        self.routing_forgotten: list[int] = []  # the routing stage's in-memory state dropped
         self.txns = WorkerTransactions(
-            self.core, {LEADS: stage(), ROUTING: routing_stage()}, self.stores,
+            self.core, {LEADS: stage(), ROUTING: routing_stage(self.routing_forgotten)},
+            self.stores,
             group_id="leadrouter",
             tuning=TxnTuning(worker_transactions=True, worker_producers=producers),
             control=self.control, make_producer=self._make, transactional_id="app-worker-1",
@@ -169,6 +172,66 @@ async def test_a_failed_transaction_drops_the_later_batches_decided_on_it() -> N
     assert w.calls.index("send out.routing") > w.calls.index("abort")
     assert w.stores[LEADS_0].get(b"k") is None and w.core.tasks[LEADS_0].positions[TP] == 5
     assert w.txns.view(LEADS_0, w.stores[LEADS_0]) is w.stores[LEADS_0]
+    assert w.stores[ROUTING_0].get(b"k") == b"routing@9"
+
+
+async def test_a_route_applied_in_process_is_dropped_with_the_leads_batch_it_came_from(
+        ) -> None:
+    """processor._direct: the routing stage took leads 0's route in the later transaction.
+    Leads 0's batch in it is dropped (decided on the failed one), so the route must be too,
+    and the routing stage's in-memory state with it, or a rewound leads batch routes twice."""
+    w = Worker()
+    gate = asyncio.Event()
+    def first_fails(producer: FakeProducer) -> None:
+        producer.commit_gate, producer.fail_commit_once = gate, KafkaTimeoutError()
+
+    w.prepare = first_fails
+    first = w.commit([w.decision(LEADS_0, 5)])
+    await asyncio.sleep(0.01)
+    later = w.txns.start([w.decision(LEADS_0, 6), w.decision(ROUTING_0, 4)], coupled=True)
+    gate.set()
+    assert await asyncio.gather(*first, *later) == [False, False, False]
+    assert w.routing_forgotten, "the routing stage kept the dropped route in memory"
+    assert w.calls.count("begin") == 1 and w.calls.count("send out.routing") == 0
+    assert w.stores[ROUTING_0].get(b"k") is None
+    assert w.txns.view(ROUTING_0, w.stores[ROUTING_0]) is w.stores[ROUTING_0]
+    # both seek back at the next fetch: their records are fetched and decided again
+    assert w.txns.admit({TP: ["again"], RTP: ["again"]}) == {}
+
+
+async def test_a_leads_batch_whose_route_was_applied_in_process_fails_with_the_route(
+        ) -> None:
+    """The other way round: the routing stage's failed batch drops its later ones, among them
+    the route it took from leads 0, so leads 0's batch (whose published copy says "applied")
+    must not commit either."""
+    w = Worker()
+    gate = asyncio.Event()
+    def first_fails(producer: FakeProducer) -> None:
+        producer.commit_gate, producer.fail_commit_once = gate, KafkaTimeoutError()
+
+    w.prepare = first_fails
+    first = w.commit([w.decision(ROUTING_0, 4)])
+    await asyncio.sleep(0.01)
+    later = w.txns.start([w.decision(LEADS_0, 5), w.decision(ROUTING_0, 5)], coupled=True)
+    gate.set()
+    assert await asyncio.gather(*first, *later) == [False, False, False]
+    assert w.calls.count("send out.leads") == 0 and w.calls.count("begin") == 1
+    assert w.stores[LEADS_0].get(b"k") is None and w.core.tasks[LEADS_0].positions[TP] == 5
+
+
+async def test_uncoupled_batches_of_the_later_transaction_still_commit() -> None:
+    """Coupling is per transaction: a failed task drops only what was coupled with it."""
+    w = Worker()
+    gate = asyncio.Event()
+    def first_fails(producer: FakeProducer) -> None:
+        producer.commit_gate, producer.fail_commit_once = gate, KafkaTimeoutError()
+
+    w.prepare = first_fails
+    first = w.commit([w.decision(LEADS_0, 5)])
+    await asyncio.sleep(0.01)
+    later = w.txns.start([w.decision(ROUTING_0, 9)])  # not coupled with leads 0
+    gate.set()
+    assert await asyncio.gather(*first, *later) == [False, True]
     assert w.stores[ROUTING_0].get(b"k") == b"routing@9"
 
 

@@ -14,7 +14,7 @@ from router.domain.routing_state import RouteRequest
 from router.domain.rules import load_rules
 from router.records import Record
 from router.service.leads_stage import forward_activity
-from router.service.routing_stage import OFFSET_KEY, RoutingStage, tick
+from router.service.routing_stage import APPLIED, OFFSET_KEY, RoutingStage, applied_copy, tick
 from tests.unit.builders import NOW, TOPICS, activity, activity_input
 
 RULES = load_rules()
@@ -55,10 +55,10 @@ def stage(*reps: Rep, accounts: Mapping[str, NamedAccount] | None = None) -> Rou
 
 
 def run(s: RoutingStage, records: Sequence[Record], now: datetime = NOW,
-        store: Mapping[bytes, bytes] | None = None) -> tuple[list[dict[str, Any]],
-                                                            list[dict[str, Any]],
-                                                            dict[bytes, bytes | None]]:
-    result = s.process(records, now, lambda: dict(store or {}))
+        store: Mapping[bytes, bytes] | None = None, *,
+        direct: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                       dict[bytes, bytes | None]]:
+    result = s.process(records, now, lambda: dict(store or {}), direct=direct)
     assignments, letters = [], []
     for out in result.outputs:
         body = orjson.loads(out.value)
@@ -313,3 +313,50 @@ def test_an_unreadable_routing_record_is_dead_lettered_and_the_stream_goes_on() 
     assert (letter["source_topic"], letter["offset"]) == (TOPICS.routing, 0)
     assert a["lead_id"] == "L1"
     assert writes[OFFSET_KEY.encode()] == b"1"
+
+
+def handed_over(record: Record) -> Record:
+    """A route request as the worker hands it over in process (processor._direct)."""
+    return Record(record.topic, 0, -1, record.key, record.value)
+
+
+def published(record: Record, offset: int) -> Record:
+    """Its published copy, as the routing stage reads it back from the topic later."""
+    assert record.value is not None
+    return Record(record.topic, 0, offset, record.key, applied_copy(record.value))
+
+
+def test_records_handed_over_in_process_route_without_moving_the_applied_offset() -> None:
+    s = stage(rep("A", max_open_leads=1), rep("B", max_open_leads=1))
+    run(s, [tick_record(4, NOW)])  # applied offset 4
+    routes = [route_record(0, "L1"), route_record(0, "L2")]  # offsets are not theirs yet
+    out, _, writes = run(s, [handed_over(r) for r in routes], direct=True)
+    assert summary(out) == [("lead.assigned", "L1", "A"), ("lead.assigned", "L2", "B")]
+    assert OFFSET_KEY.encode() not in writes and s.applied_offset == 4
+    assert writes, "the changed holdings and cursor are written with the transaction"
+
+
+def test_a_published_copy_of_an_applied_record_is_skipped_when_read_back() -> None:
+    s = stage(rep("A", max_open_leads=2))
+    route = route_record(0, "L1")
+    [first], _, _ = run(s, [handed_over(route)], direct=True)
+    assert first["rep_id"] == "A"
+    copy = published(route, 7)
+    assert copy.value is not None and orjson.loads(copy.value)[APPLIED] is True
+    # read back after its transaction committed: nothing again, the offset moves on
+    out, letters, writes = run(s, [copy, route_record(8, "L2")])
+    assert summary(out) == [("lead.assigned", "L2", "A")] and letters == []
+    assert writes[OFFSET_KEY.encode()] == b"8"
+    assert s.state is not None and s.state.open_by_rep == {"A": {"L1", "L2"}}
+
+
+def test_the_published_copy_keeps_the_record_and_handing_over_equals_reading() -> None:
+    """Direct delivery decides what reading the record from the topic would have decided."""
+    routes = [route_record(i, f"L{i}") for i in range(5)]
+    by_topic, _, _ = run(stage(rep("A", max_open_leads=2), rep("B", max_open_leads=2)), routes)
+    in_process, _, _ = run(stage(rep("A", max_open_leads=2), rep("B", max_open_leads=2)),
+                           [handed_over(r) for r in routes], direct=True)
+    assert summary(in_process) == summary(by_topic)
+    assert routes[0].value is not None
+    copy = orjson.loads(applied_copy(routes[0].value))
+    assert copy.pop(APPLIED) is True and copy == orjson.loads(routes[0].value)

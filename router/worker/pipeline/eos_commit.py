@@ -147,8 +147,13 @@ class ExactlyOnceCommits:
     def flush(self) -> None:
         """Nothing waits to begin here: each task's transaction begins when it is decided."""
 
-    def start(self, decided: list[Decision], records: int = 0) -> list[asyncio.Future[bool]]:
-        """One commit per task, each running beside the loop from now on."""
+    def start(self, decided: list[Decision], records: int = 0, *,
+              coupled: bool = False) -> list[asyncio.Future[bool]]:
+        """One commit per task, each running beside the loop from now on. `coupled`
+        decisions must commit or fail together, which only one transaction per worker
+        offers (worker_txn.py); the processor never couples them here."""
+        if coupled:
+            raise ValueError("coupled decisions need one transaction per worker")
         commits: list[asyncio.Future[bool]] = []
         for d in decided:
             commit = asyncio.create_task(self.transact(*d))

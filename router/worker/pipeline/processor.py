@@ -50,7 +50,7 @@ from aiokafka.structs import TopicPartition
 
 from router.adapters.topics import compacted_topic_configs
 from router.metrics import BATCH_EVENTS, BATCH_SECONDS, BATCHES_ABANDONED
-from router.records import Record
+from router.records import Output, Record, StageResult
 from router.settings import Settings, bootstrap_servers
 from router.worker.pipeline import kip447
 from router.worker.pipeline.alo_commit import AtLeastOnceCommits
@@ -114,6 +114,12 @@ class PartitionProcessor:
             else ExactlyOnceCommits(self.core, self.stages, self.stores, self.producers,
                                     group_id=self.group_id, tuning=self.tuning, control=self))
         self.alo = AtLeastOnceCommits(self.core, self.stages, self.stores, control=self)
+        # topic -> the one-partition stage that takes other stages' outputs to it in process
+        # (`_direct`): only with one transaction per worker, whose _fail drops them together
+        self.direct_stages = ({t: s.name for s in stages if s.direct is not None
+                               and s.partitions == 1 for t in s.topics}
+                              if exactly_once and isinstance(self.eos, WorkerTransactions)
+                              and self.tuning.direct_delivery else {})
         self._batch_timers: set[asyncio.Task[None]] = set()
         self._retry_at: dict[TaskId, float] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -343,8 +349,12 @@ class PartitionProcessor:
                       now: datetime, decided: list[Decision],
                       commits: list[asyncio.Future[bool]]) -> None:
         """Each task's batch, one task at a time: exactly-once hands each decision over at
-        once, at-least-once collects them for one commit."""
-        for task_id, (epoch, batch) in by_task.items():
+        once, at-least-once collects them for one commit. A stage taking records in process
+        decides its own fetched records first, so they keep their place before the ones
+        handed over."""
+        order = sorted(by_task.items(),
+                       key=lambda item: self.stages[item[0].stage].direct is None)
+        for task_id, (epoch, batch) in order:
             task = self.core.tasks.get(task_id)
             if task is None or task.epoch != epoch or task.phase is not Phase.ACTIVE:
                 continue  # reset by a failed commit meanwhile: fetched again once ready
@@ -369,10 +379,44 @@ class PartitionProcessor:
             if not self.exactly_once:
                 decided.append(decision)  # one commit after the batch, nothing beside it
                 continue
-            commits += self.eos.start([decision], len(records))  # a failure now drops it
+            # with the stages that took some of its outputs in process: they commit together
+            direct = self._direct(result, now) if self.direct_stages else []
+            commits += self.eos.start([decision, *direct], len(records), coupled=bool(direct))
             # the commit in flight and the group's heartbeats go on between tasks: every
             # task's batch in one go blocked the loop for a second under load (issue 17)
             await asyncio.sleep(0)
+
+    def _direct(self, result: StageResult, now: datetime) -> list[Decision]:
+        """The outputs bound for a one-partition stage this worker owns (the qualifier's route
+        requests), applied by that stage now, in the transaction that publishes them
+        (txn_tuning: direct_delivery): `lead.assigned` is one commit after the touchpoint
+        instead of two commits and a fetch. The decision carries the stage's input offsets
+        unchanged, so the transaction holds them: a new owner's OffsetFetch (require_stable)
+        waits for it before restoring the changelog. The published copies are marked, and the
+        stage skips them when it reads them back (stage.DirectInput)."""
+        bound: dict[TaskId, list[Output]] = {}
+        for out in result.outputs:
+            stage = self.direct_stages.get(out.topic)
+            if stage is not None and out.partition in (None, 0):
+                bound.setdefault(TaskId(stage, 0), []).append(out)
+        decisions: list[Decision] = []
+        for task_id, outputs in bound.items():
+            task = self.core.tasks.get(task_id)
+            if (task is None or task.phase is not Phase.ACTIVE or task_id not in self.stores
+                    or self.eos.holds_records_of(task_id)):
+                continue  # restoring, or its transaction just failed: through the topic
+            spec = self.stages[task_id.stage]
+            assert spec.direct is not None
+            records = [Record(out.topic, 0, -1, out.key, out.value) for out in outputs]
+            taken = spec.direct.handle(0, records, self.eos.view(task_id, self.stores[task_id]),
+                                       now)
+            for out in outputs:
+                out.value = spec.direct.published(out.value)
+            positions = self.eos.positions(task)
+            taken.writes.append((INPUT_OFFSETS, encode_offsets(
+                {tp.topic: o for tp, o in positions.items()})))
+            decisions.append((task_id, task.epoch, positions, taken))
+        return decisions
 
     async def _time_batch(self, started: float, handled: float, oldest: dict[str, int],
                           count: int,

@@ -24,6 +24,19 @@ Decision = tuple[TaskId, int, dict[TopicPartition, int], StageResult]
 
 
 @dataclass(frozen=True)
+class DirectInput:
+    """How a one-partition stage takes another stage's outputs to its topic in process, in the
+    transaction that publishes them, when this worker owns its partition (processor.py
+    `_direct`, txn_tuning: direct_delivery). `handle` gets them as records with offset -1 and
+    must not count them as consumed; `published` gives the value the topic's copy carries
+    instead, which the stage's own handler must skip when it reads it back (it is already
+    applied, in the same transaction: the copy exists only if that transaction committed)."""
+
+    handle: Handler
+    published: Callable[[bytes], bytes]
+
+
+@dataclass(frozen=True)
 class StageSpec:
     """One stage of the pipeline as the processor runs it: its input topics (co-partitioned),
     its changelog, its handler, its partition count. A task is one StageSpec on one partition.
@@ -41,3 +54,5 @@ class StageSpec:
     # forget in-memory state derived from the store (the routing stage keeps its whole state
     # in memory): called whenever the store is dropped or replaced, or a batch is abandoned
     forget: Callable[[int], None] = lambda _partition: None
+    # None: other stages' outputs always reach this stage through its topic
+    direct: DirectInput | None = None

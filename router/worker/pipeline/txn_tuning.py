@@ -37,6 +37,13 @@ The switches (LEADROUTER_TXN_TUNING="name=value,...", read once per worker proce
   CONCURRENT_TRANSACTIONS until they are written: 2-4 tries and 10-20 ms of each transaction
   under light load (README "Measured", "Taking turns on two producers"). Another producer's
   transaction is not held by them; it still begins only once the one before has committed.
+- direct_delivery (the default; 0 sends every record through its topic): with
+  worker_transactions, a stage's outputs to a one-partition stage this worker owns (the
+  qualifier's route requests to the routing stage) are applied by that stage in the same
+  transaction that publishes them, and the published copy is marked so that reading it back
+  applies nothing (processor.py `_direct`). `lead.assigned` is then one transaction after the
+  touchpoint instead of two: the second hop waited for a commit, a read_committed fetch and
+  a second commit.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ class TxnTuning:
     max_concurrent_commits: int = 0
     worker_transactions: bool = True
     worker_producers: int = 2
+    direct_delivery: bool = True
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> TxnTuning:

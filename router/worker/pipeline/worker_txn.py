@@ -79,6 +79,9 @@ class _Transaction:
     decisions: list[Decision] = field(default_factory=list)
     outcomes: dict[TaskId, asyncio.Future[bool]] = field(default_factory=dict)
     records: int = 0  # input records decided into it
+    # the tasks of coupled decisions (a stage's outputs applied in process by another,
+    # processor._direct): if one of them fails in this transaction, all of them do
+    coupled: set[TaskId] = field(default_factory=set)
     clock: StepClock | None = field(
         default_factory=lambda: StepClock() if trace.isEnabledFor(logging.DEBUG) else None)
 
@@ -104,10 +107,12 @@ class WorkerTransactions(ExactlyOnceCommits):
         # tasks whose transaction failed, until they are rewound or reset: their outcomes
         self._settling: dict[TaskId, list[asyncio.Future[bool]]] = {}
 
-    def start(self, decided: list[Decision], records: int = 0) -> list[asyncio.Future[bool]]:
+    def start(self, decided: list[Decision], records: int = 0, *,
+              coupled: bool = False) -> list[asyncio.Future[bool]]:
         """The batches join the transaction that begins next (one runs at a time; `flush`
         begins it when none is running); a task's next batch is decided on top of them
-        (pending.py) instead of waiting for them."""
+        (pending.py) instead of waiting for them. `coupled`: they depend on each other
+        (processor._direct), so they are dropped together if one of them is (`_fail`)."""
         if not decided:
             return []
         txn = self._next
@@ -115,6 +120,8 @@ class WorkerTransactions(ExactlyOnceCommits):
             txn = self._next = _Transaction()
         txn.decisions.extend(decided)
         txn.records += records
+        if coupled:
+            txn.coupled.update(d[0] for d in decided)
         commits = []
         for task_id, _epoch, offsets, result in decided:
             outcome = txn.outcomes.get(task_id)
@@ -210,7 +217,14 @@ class WorkerTransactions(ExactlyOnceCommits):
         loop decides nothing for them on the dropped writes, nor on a store that the
         transaction's unknown outcome may have left behind."""
         later = self._next
-        for task_id in task_ids:
+        failing = list(task_ids)
+        if later is not None and later.coupled & set(failing):
+            # a route applied in process without the lead's batch, or the lead's batch with
+            # its route marked applied but not applied: neither may commit
+            failing += sorted(later.coupled - set(failing), key=str)
+        for task_id in failing:
+            # a stage's in-memory state may hold the dropped batches (the routing stage)
+            self.stages[task_id.stage].forget(task_id.partition)
             self.pending.drop(task_id)
             outcomes = self._settling.setdefault(task_id, [])
             if task_id in txn.outcomes:
