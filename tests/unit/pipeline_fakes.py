@@ -55,6 +55,7 @@ class FakeProducer:
         self.start_gate: asyncio.Event | None = None  # set: start waits for it
         self.fail_commit_once: BaseException | None = None  # set: the next commit raises it
         self.begun = 0  # transactions begun on this producer
+        self.sent: list[tuple[str, bytes]] = []  # (topic, value) of each output sent
 
     async def begin_transaction(self) -> None:
         self.calls.append("begin")
@@ -63,6 +64,7 @@ class FakeProducer:
     async def send(self, topic: str, value: bytes, key: bytes | None = None,
                    partition: int | None = None) -> asyncio.Future[Meta]:
         self.calls.append(f"send {topic}")
+        self.sent.append((topic, value))
         if self.fail_send is not None:
             raise self.fail_send
         if self.ack is not None:

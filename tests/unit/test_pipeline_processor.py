@@ -15,13 +15,13 @@ from typing import Any
 from aiokafka.errors import KafkaTimeoutError, ProducerFenced
 from aiokafka.structs import TopicPartition
 
-from router.records import Record, StageResult
+from router.records import Output, Record, StageResult
 from router.settings import Settings
 from router.worker.pipeline.assignor import CoPartitionedAssignor
-from router.worker.pipeline.core import LEADS, Phase, TaskId
+from router.worker.pipeline.core import LEADS, ROUTING, Phase, TaskId
 from router.worker.pipeline.kip447 import GroupMetadata
 from router.worker.pipeline.processor import PartitionProcessor
-from router.worker.pipeline.stage import StageSpec
+from router.worker.pipeline.stage import DirectInput, StageSpec
 from router.worker.pipeline.store import INPUT_OFFSETS, MemoryStore, StateView
 from router.worker.pipeline.txn_tuning import TxnTuning
 from router.worker.pipeline.worker_txn import WorkerTransactions
@@ -127,3 +127,85 @@ async def test_a_task_whose_transaction_failed_meanwhile_keeps_its_records_aside
     await p._process({TP: [rec(0)], TP1: [held]})
     assert handled == [0] and p.eos.held == {TP1: [held]}
     await p._drain()
+
+
+ROUTING_TOPIC = "t.routing"
+RTP = TopicPartition(ROUTING_TOPIC, 0)
+ROUTING_0 = TaskId(ROUTING, 0)
+
+
+def direct_worker(*, direct_delivery: bool = True, routing_active: bool = True
+                  ) -> tuple[PartitionProcessor, list[FakeProducer], list[list[Record]]]:
+    """Leads 0, whose batch emits a route request to the routing topic, and the routing
+    stage, which takes such records in process; one transaction per worker (faked)."""
+    taken: list[list[Record]] = []
+
+    def leads(partition: int, records: list[Record], store: StateView, now: Any
+              ) -> StageResult:
+        return StageResult([Output(ROUTING_TOPIC, b"L-1", b"route L-1"),
+                            Output("t.transitions", b"L-1", b"lead.sql")], [(b"L-1", b"sql")])
+
+    def routed(partition: int, records: list[Record], store: StateView, now: Any
+               ) -> StageResult:
+        taken.append(records)
+        return StageResult([Output("t.assignments", b"L-1", b"lead.assigned")],
+                           [(b"holding:L-1", b"R-1")])
+
+    def from_topic(partition: int, records: list[Record], store: StateView, now: Any
+                   ) -> StageResult:
+        raise AssertionError("the routing topic's own records are not fetched here")
+
+    specs = [StageSpec(LEADS, (TOPIC,), "t.changelog", "lead-state", leads, 1),
+             StageSpec(ROUTING, (ROUTING_TOPIC,), "t.routing-changelog", "routing", from_topic,
+                       1, direct=DirectInput(routed, lambda v: v + b" (applied)"))]
+    p = PartitionProcessor(Settings(), specs, exactly_once=True, read_committed=True,
+                           assignor=CoPartitionedAssignor("http://x", [TOPIC], ROUTING_TOPIC),
+                           tuning=TxnTuning(worker_transactions=True,
+                                            direct_delivery=direct_delivery))
+    p._consumer = FakeConsumer()  # type: ignore[assignment]
+    p.core.assign([TP, RTP], generation=1)
+    for task in list(p.core.tasks.values()):
+        if task.id == ROUTING_0 and not routing_active:
+            continue  # still restoring its store
+        p.core.activate(task.id, task.epoch, {task.inputs[0]: 5})
+        p.stores[task.id] = MemoryStore()
+    producers: list[FakeProducer] = []
+
+    def make(_id: str) -> FakeProducer:
+        producers.append(FakeProducer())
+        return producers[-1]
+
+    assert isinstance(p.eos, WorkerTransactions)
+    p.eos.make_producer = make  # type: ignore[assignment]
+    p.eos.group = lambda: GroupMetadata("leadrouter", generation_id=1, member_id="member-1")
+    return p, producers, taken
+
+
+async def test_a_route_request_is_applied_by_the_routing_owner_in_the_same_transaction(
+        ) -> None:
+    p, producers, taken = direct_worker()
+    await process(p, {TP: [Rec(5)]})
+    [producer] = producers
+    assert [[(r.topic, r.offset, r.value) for r in rs] for rs in taken] == [
+        [(ROUTING_TOPIC, -1, b"route L-1")]]
+    # one transaction: the lead's outputs (its route marked applied), the assignment, both
+    # changelogs, and the routing partition's offset unchanged, so a new owner's
+    # require_stable OffsetFetch waits for this transaction before it restores
+    assert producer.calls.count("begin") == 1 and producer.calls.count("commit") == 1
+    assert (ROUTING_TOPIC, b"route L-1 (applied)") in producer.sent
+    assert ("t.assignments", b"lead.assigned") in producer.sent
+    assert f"offsets {[(ROUTING_TOPIC, 5), (TOPIC, 6)]}" in producer.calls
+    routing_store = p.stores[ROUTING_0]
+    assert routing_store.get(b"holding:L-1") == b"R-1"
+    assert routing_store.input_offsets == {ROUTING_TOPIC: 5}
+    assert p.core.tasks[ROUTING_0].positions[RTP] == 5
+
+
+async def test_without_the_routing_partition_ready_the_route_goes_through_its_topic(
+        ) -> None:
+    for p, producers, taken in (direct_worker(direct_delivery=False),
+                                direct_worker(routing_active=False)):
+        await process(p, {TP: [Rec(5)]})
+        assert taken == []
+        assert (ROUTING_TOPIC, b"route L-1") in producers[0].sent
+        assert f"offsets {6} leadrouter" in producers[0].calls
