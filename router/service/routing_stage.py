@@ -187,7 +187,8 @@ class RoutingStage:
         if last_offset > self.applied_offset:
             self.applied_offset = last_offset
             result.writes.append((OFFSET_KEY.encode(), orjson.dumps(last_offset)))
-        self._gauges()
+        if not direct:  # once per lead batch would be per SQL; its read-back copy updates them
+            self._gauges()
         return result
 
     def _activity(self, record: Record, raw: dict[str, Any], now: datetime,
