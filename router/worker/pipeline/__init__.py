@@ -10,7 +10,9 @@ processed or fetched again from the committed position.
                 the co-partitioned assignment plan (unit-tested without Kafka)
   store.py      a task's local state (memory dict or RocksDB) and its changelog meta keys
   assignor.py   aiokafka assignor: co-partitioned, sticky, owners' web URLs for the views
-  processor.py  the runtime: consumer loop, rebalance listener, wiring the pieces below
+  processor.py  the runtime: consumer loop, rebalance listener, wiring the pieces below;
+                `_direct` hands a stage's outputs to a one-partition stage owned here, in
+                the same transaction (stage.DirectInput, txn_tuning: direct_delivery)
   restore.py    a task to ready: fence the previous owner, restore the changelog, resume
   eos_commit.py exactly-once commits: one transaction per task and batch, overlapped
   worker_txn.py exactly-once, one transaction per worker for all its tasks (txn_tuning:
