@@ -29,6 +29,18 @@ LEADS_0, ROUTING_0 = TaskId(LEADS, 0), TaskId(ROUTING, 0)
 GROUP = GroupMetadata("leadrouter", generation_id=3, member_id="member-1")
 
 
+def first_commit_fails(w: Worker) -> asyncio.Event:
+    """The first transaction's commit waits for the gate, then fails once (the producer stays
+    usable): the batches decided meanwhile join the next one."""
+    gate = asyncio.Event()
+
+    def prepare(producer: FakeProducer) -> None:
+        producer.commit_gate, producer.fail_commit_once = gate, KafkaTimeoutError()
+
+    w.prepare = prepare
+    return gate
+
+
 def routing_stage(forgotten: list[int] | None = None) -> StageSpec:
     base = stage()
     return StageSpec(ROUTING, (ROUTING_TOPIC,), "t.routing-changelog", "routing", base.handle, 1,
@@ -155,11 +167,7 @@ async def test_a_task_decided_during_its_own_commit_reads_its_pending_writes() -
 
 async def test_a_failed_transaction_drops_the_later_batches_decided_on_it() -> None:
     w = Worker()
-    gate = asyncio.Event()
-    def first_fails(producer: FakeProducer) -> None:  # once: the producer stays usable
-        producer.commit_gate, producer.fail_commit_once = gate, KafkaTimeoutError()
-
-    w.prepare = first_fails
+    gate = first_commit_fails(w)
     first = w.commit([w.decision(LEADS_0, 5)])
     await asyncio.sleep(0.01)
     # decided on leads 0's uncommitted write; routing 0 on its own store
@@ -181,11 +189,7 @@ async def test_a_route_applied_in_process_is_dropped_with_the_leads_batch_it_cam
     Leads 0's batch in it is dropped (decided on the failed one), so the route must be too,
     and the routing stage's in-memory state with it, or a rewound leads batch routes twice."""
     w = Worker()
-    gate = asyncio.Event()
-    def first_fails(producer: FakeProducer) -> None:
-        producer.commit_gate, producer.fail_commit_once = gate, KafkaTimeoutError()
-
-    w.prepare = first_fails
+    gate = first_commit_fails(w)
     first = w.commit([w.decision(LEADS_0, 5)])
     await asyncio.sleep(0.01)
     later = w.txns.start([w.decision(LEADS_0, 6), w.decision(ROUTING_0, 4)], coupled=True)
@@ -205,11 +209,7 @@ async def test_a_leads_batch_whose_route_was_applied_in_process_fails_with_the_r
     the route it took from leads 0, so leads 0's batch (whose published copy says "applied")
     must not commit either."""
     w = Worker()
-    gate = asyncio.Event()
-    def first_fails(producer: FakeProducer) -> None:
-        producer.commit_gate, producer.fail_commit_once = gate, KafkaTimeoutError()
-
-    w.prepare = first_fails
+    gate = first_commit_fails(w)
     first = w.commit([w.decision(ROUTING_0, 4)])
     await asyncio.sleep(0.01)
     later = w.txns.start([w.decision(LEADS_0, 5), w.decision(ROUTING_0, 5)], coupled=True)
@@ -222,11 +222,7 @@ async def test_a_leads_batch_whose_route_was_applied_in_process_fails_with_the_r
 async def test_uncoupled_batches_of_the_later_transaction_still_commit() -> None:
     """Coupling is per transaction: a failed task drops only what was coupled with it."""
     w = Worker()
-    gate = asyncio.Event()
-    def first_fails(producer: FakeProducer) -> None:
-        producer.commit_gate, producer.fail_commit_once = gate, KafkaTimeoutError()
-
-    w.prepare = first_fails
+    gate = first_commit_fails(w)
     first = w.commit([w.decision(LEADS_0, 5)])
     await asyncio.sleep(0.01)
     later = w.txns.start([w.decision(ROUTING_0, 9)])  # not coupled with leads 0
